@@ -1,0 +1,50 @@
+"""The app builder: validate args, bind the stage deployments and the ingress. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.clip_text.builder import build_text_encoder_deployment
+from deployments.common.runtime import merge_options
+from deployments.sampler.builder import build_sampler_deployment
+from deployments.vae.builder import build_vae_deployment
+from serve.config import AppArgs, StageOptions
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INGRESS_OPTIONS: dict[str, Any] = {
+    "name": "Ingress",
+    "ray_actor_options": {"num_cpus": 0.25},
+    "num_replicas": 1,
+    "max_ongoing_requests": 200,
+    "health_check_period_s": 10,
+}
+
+
+def _opts(stage: StageOptions) -> dict[str, Any]:
+    return stage.model_dump(exclude_none=True)
+
+
+def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
+    """Build the whole application (``import_path: serve.app:build_app`` in Serve configs).
+
+    Args:
+        args: :class:`AppArgs` or its dict form; ``None`` uses the embedded defaults.
+
+    Returns:
+        The ingress bound to the text-encoder, sampler and VAE deployments.
+
+    Raises:
+        pydantic.ValidationError: invalid arguments.
+    """
+    from serve.ingress import IngressDeployment
+
+    app_args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    text_encoder = build_text_encoder_deployment(app_args.models_dir, _opts(app_args.text_encoder))
+    sampler = build_sampler_deployment(app_args.models_dir, _opts(app_args.sampler))
+    vae = build_vae_deployment(app_args.models_dir, _opts(app_args.vae))
+    ingress_options = merge_options(DEFAULT_INGRESS_OPTIONS, _opts(app_args.ingress))
+    return IngressDeployment.options(**ingress_options).bind(app_args.model_dump(mode="json"), text_encoder, sampler, vae)

@@ -1,0 +1,303 @@
+"""The ``genserve`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from serve.constants import APP_NAME, DEFAULT_HOST, DEFAULT_PORT
+
+app = typer.Typer(help="genserve: ComfyUI-format generative pipelines on Ray Serve.", no_args_is_help=True)
+models_app = typer.Typer(help="Manage the models folder.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console(stderr=True)
+logger = logging.getLogger("genserve")
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "graphs" / "examples"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# -- models ---------------------------------------------------------------------------------
+@models_app.command("init-demo")
+def models_init_demo(
+    models_dir: Path = typer.Option(Path("models"), envvar="GENSERVE_MODELS_DIR", help="Models folder to write."),
+    data_dir: Path = typer.Option(Path("data"), envvar="GENSERVE_DATA_DIR", help="Data folder (example input images go to data/input)."),
+    seed: int = typer.Option(0, help="Seed of the demo weights."),
+    force: bool = typer.Option(False, help="Rewrite files that already exist."),
+) -> None:
+    """Write the demo model bundle (small SD1.5-architecture models, seeded) and example input images."""
+    _setup_logging(False)
+    from deployments.checkpoints.demo import init_demo
+    from deployments.checkpoints.layout import ModelsDir
+    from serve.demo_inputs import write_example_inputs
+
+    written = init_demo(ModelsDir(models_dir), seed=seed, force=force)
+    inputs = write_example_inputs(data_dir / "input", force=force)
+    console.print(f"[green]demo models ready[/] in {models_dir} ({len(written)} new file(s)); example inputs: {', '.join(inputs)}")
+
+
+@models_app.command("list")
+def models_list(models_dir: Path = typer.Option(Path("models"), envvar="GENSERVE_MODELS_DIR")) -> None:
+    """List model files by folder."""
+    from deployments.checkpoints.layout import ModelsDir
+
+    md = ModelsDir(models_dir)
+    table = Table("folder", "name")
+    for kind in ("checkpoints", "controlnet", "loras", "vae", "llm"):
+        try:
+            names = md.list(kind)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            table.add_row(kind, name)
+    Console().print(table)
+
+
+# -- offline run ------------------------------------------------------------------------------
+@app.command("run")
+def run_workflow(
+    workflow: Path = typer.Argument(..., exists=True, dir_okay=False, help="API-format workflow JSON."),
+    models_dir: Path = typer.Option(Path("models"), envvar="GENSERVE_MODELS_DIR"),
+    data_dir: Path = typer.Option(Path("data"), envvar="GENSERVE_DATA_DIR"),
+    threads: int = typer.Option(0, help="torch threads (0 = all cores)."),
+    provenance: bool = typer.Option(True, help="Watermark and sign outputs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run a workflow in this process (no Ray, no HTTP) and write its images to DATA_DIR/output."""
+    _setup_logging(verbose)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from deployments.inprocess import build_inprocess_backends
+    from graphs.executor import ExecutionContext
+    from serve.config import AppArgs
+    from serve.provenance_hook import build_stamper
+    from serve.service import GenServeService, SubmitError
+
+    args = AppArgs(data_dir=str(data_dir), models_dir=str(models_dir), provenance=provenance)
+    stamper, on_saved = build_stamper(args)
+    service = GenServeService(args, build_inprocess_backends(models_dir), stamper=stamper, on_saved=on_saved)
+    try:
+        wf, result = service.validate(json.loads(workflow.read_text()))
+    except (SubmitError, json.JSONDecodeError) as exc:
+        console.print(f"[red]invalid workflow:[/] {getattr(exc, 'body', exc)}")
+        raise typer.Exit(2)
+    if not result.ok:
+        console.print_json(json.dumps(result.response_body()))
+        raise typer.Exit(2)
+    job = service.store.create_job(prompt=wf.raw, output_ids=result.output_node_ids, workflow_hash=wf.content_hash(),
+                                   submitted_by="cli")
+
+    async def main() -> Any:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("starting", total=None)
+
+            async def emit(event: str, data: dict[str, Any]) -> None:
+                if event == "executing" and data.get("node"):
+                    node = wf.nodes[data["node"]]
+                    progress.update(task, description=f"{data['node']} {node.class_type}", completed=0, total=None)
+                elif event == "progress":
+                    progress.update(task, completed=data["value"], total=data["max"])
+
+            ctx = ExecutionContext(prompt_id=job.prompt_id, workflow=wf, backends=service.backends, sink=service.sink,
+                                   inputs=service.inputs, emit=emit,
+                                   extra={"submitted_by": "cli", "workflow_hash": wf.content_hash()})
+            return await service.executor.execute(wf, result.output_node_ids, ctx)
+
+    started = time.perf_counter()
+    try:
+        res = asyncio.run(main())
+    except Exception as exc:
+        service.store.finish(prompt_id=job.prompt_id, owner=None, status="error", error={"message": str(exc)})
+        console.print(f"[red]failed:[/] {exc}")
+        raise typer.Exit(1)
+    service.store.finish(prompt_id=job.prompt_id, owner=None, status="success", outputs=res.outputs)
+    for node_id, out in res.outputs.items():
+        for img in out.get("images", []):
+            path = service.outputs.path(img["filename"], img["subfolder"], img["type"])
+            print(path)
+    console.print(f"[green]done[/] in {time.perf_counter() - started:.1f}s (prompt {job.prompt_id})")
+
+
+# -- cluster lifecycle --------------------------------------------------------------------------
+def _ray_bin() -> str:
+    exe = Path(sys.executable).with_name("ray")
+    return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
+
+
+def _wait_healthy(url: str, timeout_s: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _start_ray_head(num_cpus: float, dashboard_port: int, resources: str | None) -> None:
+    cmd = [_ray_bin(), "start", "--head", f"--num-cpus={int(num_cpus)}", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={dashboard_port}", "--disable-usage-stats", "--include-dashboard=true"]
+    if resources:
+        cmd.append(f"--resources={resources}")
+    console.print(f"starting Ray head: {' '.join(cmd[1:])}")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        console.print(proc.stdout[-2000:], proc.stderr[-2000:])
+        raise typer.Exit(1)
+
+
+def _ray_running() -> bool:
+    proc = subprocess.run([_ray_bin(), "status"], capture_output=True, text=True, timeout=60)
+    return proc.returncode == 0
+
+
+@app.command("up")
+def up(
+    detach: bool = typer.Option(False, "--detach", help="Return once the app is healthy (stop it with 'genserve down')."),
+    host: str = typer.Option(DEFAULT_HOST, envvar="GENSERVE_HOST"),
+    port: int = typer.Option(DEFAULT_PORT, envvar="GENSERVE_PORT"),
+    address: Optional[str] = typer.Option(None, envvar="GENSERVE_RAY_ADDRESS", help="Join this Ray cluster instead of starting one."),
+    num_cpus: float = typer.Option(2, envvar="GENSERVE_NUM_CPUS", help="CPUs of the Ray head started here."),
+    dashboard_port: int = typer.Option(8265, help="Ray dashboard port."),
+    config: Optional[Path] = typer.Option(None, "--config", exists=True, help="Serve config YAML (e.g. cluster/serve.cpu.yaml)."),
+    models_dir: Path = typer.Option(Path("models"), envvar="GENSERVE_MODELS_DIR"),
+    data_dir: Path = typer.Option(Path("data"), envvar="GENSERVE_DATA_DIR"),
+    demo: bool = typer.Option(True, help="Run the txt2img example once the app is healthy and print where its image is."),
+    timeout_s: float = typer.Option(600, help="How long to wait for the app to become healthy."),
+) -> None:
+    """Start (or join) a Ray cluster and serve genserve on http://HOST:PORT (ComfyUI-compatible)."""
+    _setup_logging(False)
+    import ray
+    from ray import serve
+
+    if address is None and not _ray_running():
+        _start_ray_head(num_cpus, dashboard_port, os.environ.get("GENSERVE_RAY_RESOURCES"))
+    ray.init(address=address or "auto", namespace="serve", log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port}, detached=True)
+    if config is not None:
+        import yaml
+        from ray.serve.schema import ServeDeploySchema
+
+        from serve.app import build_app
+
+        spec = ServeDeploySchema.model_validate(yaml.safe_load(config.read_text()))
+        for app_spec in spec.applications:
+            args = dict(app_spec.args or {})
+            args.setdefault("models_dir", str(models_dir.resolve()))
+            args.setdefault("data_dir", str(data_dir.resolve()))
+            overrides = {d.name: d.model_dump(exclude_unset=True, exclude={"name"}) for d in (app_spec.deployments or [])}
+            stage_keys = {"Ingress": "ingress", "TextEncoder": "text_encoder", "Sampler": "sampler", "VAE": "vae"}
+            for dname, opts in overrides.items():
+                if dname in stage_keys:
+                    args.setdefault(stage_keys[dname], {}).update(opts)
+            serve.run(build_app(args), name=app_spec.name, route_prefix=app_spec.route_prefix, blocking=False)
+    else:
+        from serve.app import build_app
+
+        serve.run(build_app({"models_dir": str(models_dir.resolve()), "data_dir": str(data_dir.resolve())}),
+                  name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{host}:{port}"
+    if not _wait_healthy(url, timeout_s):
+        console.print(f"[red]the app did not become healthy within {timeout_s:.0f}s[/]; see 'genserve status' and the Ray logs")
+        raise typer.Exit(1)
+    console.print(f"[green]genserve is serving[/] on {url} (ComfyUI API), Ray dashboard on http://127.0.0.1:{dashboard_port}")
+    if demo:
+        _run_demo(url)
+    if detach:
+        return
+    console.print("press Ctrl-C to stop")
+    stop = {"flag": False}
+
+    def _handler(*_: Any) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    while not stop["flag"]:
+        time.sleep(0.5)
+    down(stop_ray=address is None)
+
+
+def _run_demo(url: str) -> None:
+    import httpx
+
+    wf = json.loads((EXAMPLES_DIR / "txt2img.json").read_text())
+    try:
+        res = httpx.post(f"{url}/v1/workflows/run", json={"workflow": wf, "include_data": False, "timeout_s": 600}, timeout=620)
+    except httpx.HTTPError as exc:
+        console.print(f"[yellow]demo workflow request failed:[/] {exc}")
+        return
+    if res.status_code != 200:
+        console.print(f"[yellow]demo workflow answered {res.status_code}:[/] {res.text[:500]}")
+        return
+    body = res.json()
+    for img in body["images"]:
+        console.print(f"demo image: {url}{img['url']}  ({body['duration_s']:.1f}s, prompt {body['prompt_id']})")
+
+
+@app.command("down")
+def down(stop_ray: bool = typer.Option(True, help="Also stop the local Ray head.")) -> None:
+    """Stop the app (and the local Ray head started by 'genserve up')."""
+    import ray
+    from ray import serve
+
+    try:
+        if not ray.is_initialized():
+            ray.init(address="auto", namespace="serve", log_to_driver=False)
+        serve.shutdown()
+    except Exception as exc:  # nothing running is fine
+        console.print(f"no running Serve instance ({type(exc).__name__})")
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    if stop_ray:
+        subprocess.run([_ray_bin(), "stop", "--force"], capture_output=True, text=True)
+    console.print("[green]stopped[/]")
+
+
+@app.command("status")
+def status() -> None:
+    """Show the Serve applications and deployments."""
+    import ray
+    from ray import serve
+
+    ray.init(address="auto", namespace="serve", log_to_driver=False)
+    st = serve.status()
+    table = Table("application", "deployment", "status", "replicas")
+    for app_name, app_status in st.applications.items():
+        for dep_name, dep in app_status.deployments.items():
+            table.add_row(app_name, dep_name, str(dep.status), json.dumps({str(k): v for k, v in dep.replica_states.items()}))
+    Console().print(table)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

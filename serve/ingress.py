@@ -1,0 +1,71 @@
+"""The FastAPI app and the one ``@serve.ingress`` class."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from serve import __version__
+from serve.config import AppArgs
+from serve.routes import comfy, native
+
+logger = logging.getLogger(__name__)
+
+
+def create_fastapi_app() -> FastAPI:
+    app = FastAPI(title="genserve", version=__version__,
+                  description="ComfyUI-compatible workflow serving on Ray Serve (see README).")
+    app.include_router(comfy.router)
+    app.include_router(comfy.router, prefix="/api")
+    app.include_router(native.router)
+
+    @app.middleware("http")
+    async def request_id_and_size(request: Request, call_next: Any) -> Any:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        service = getattr(request.app.state, "service", None)
+        length = request.headers.get("content-length")
+        if service is not None and length and length.isdigit():
+            # Refuse oversized bodies before reading them (uploads are checked again while reading).
+            if int(length) > service.inputs.max_bytes + 64 * 1024:
+                return JSONResponse(status_code=413, content={"detail": f"request body exceeds {service.inputs.max_bytes} bytes"},
+                                    headers={"x-request-id": rid})
+        response = await call_next(request)
+        response.headers["x-request-id"] = rid
+        return response
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
+
+    return app
+
+
+fastapi_app = create_fastapi_app()
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(fastapi_app)
+class IngressDeployment:
+    """HTTP ingress; each replica also runs a job runner over the shared store."""
+
+    async def __init__(self, args: dict[str, Any], text_encoder: Any, sampler: Any, vae: Any):
+        from serve.backends import build_serve_backends
+        from serve.provenance_hook import build_stamper
+        from serve.service import GenServeService
+
+        app_args = AppArgs.model_validate(args)
+        backends = build_serve_backends(text_encoder, sampler, vae)
+        stamper, on_saved = build_stamper(app_args)
+        self.service = GenServeService(app_args, backends, stamper=stamper, on_saved=on_saved)
+        fastapi_app.state.service = self.service
+        self.service.runner.start()
+
+    def check_health(self) -> None:
+        if not self.service.runner._tasks or any(t.done() for t in self.service.runner._tasks):
+            raise RuntimeError("job runner is not running")
