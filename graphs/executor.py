@@ -296,7 +296,7 @@ class Executor:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             failure = ExecutionInterrupted(None, None)
-        for fut in futures.values():  # silence "exception never retrieved"
+        for fut in list(futures.values()) + tasks:  # silence "exception never retrieved"
             if fut.done() and not fut.cancelled():
                 fut.exception()
 

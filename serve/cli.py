@@ -208,8 +208,9 @@ def up(
         spec = ServeDeploySchema.model_validate(yaml.safe_load(config.read_text()))
         for app_spec in spec.applications:
             args = dict(app_spec.args or {})
-            args.setdefault("models_dir", str(models_dir.resolve()))
-            args.setdefault("data_dir", str(data_dir.resolve()))
+            # NOTE: replicas do not share this process's working directory: make folders absolute.
+            args["models_dir"] = str(Path(args.get("models_dir") or models_dir).resolve())
+            args["data_dir"] = str(Path(args.get("data_dir") or data_dir).resolve())
             overrides = {d.name: d.model_dump(exclude_unset=True, exclude={"name"}) for d in (app_spec.deployments or [])}
             stage_keys = {"Ingress": "ingress", "TextEncoder": "text_encoder", "Sampler": "sampler", "VAE": "vae"}
             for dname, opts in overrides.items():

@@ -67,7 +67,7 @@ class AppArgs(BaseModel):
     database_url: str | None = Field(None, description="Job store URL; default SQLite in data_dir.")
     artifact_store: str | None = Field(None, description="Where outputs go: None = data_dir/output, or s3://bucket/prefix.")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL (MinIO, moto, ...).")
-    max_concurrent_jobs: int = Field(4, ge=1, le=256, description="Prompts one ingress replica runs at once.")
+    max_concurrent_jobs: int = Field(8, ge=1, le=256, description="Prompts one ingress replica runs at once.")
     lease_s: float = Field(30.0, gt=1, description="Job lease; a runner that stops heartbeating loses its jobs after this.")
     max_attempts: int = Field(2, ge=1, description="Runs of a job before it is marked failed after lost leases.")
     max_upload_bytes: int = Field(MAX_UPLOAD_BYTES_DEFAULT, gt=0, description="Largest accepted upload.")

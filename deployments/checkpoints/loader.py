@@ -135,6 +135,7 @@ class ModelLoader:
         }
         # LoRA files are small; keep more of them than big models.
         self._caches["lora"].capacity = max(cache_size, 8)
+        logger.debug("ModelLoader(%s, device=%s, dtype=%s, cache_size=%d)", self.models, self.device, dtype, cache_size)
 
     # -- public API --------------------------------------------------------------------
 
@@ -155,16 +156,15 @@ class ModelLoader:
         """
         path = self.models.resolve("checkpoints", ref.checkpoint)
         base_key = ("base", _file_stamp(path))
+
+        def load_base() -> Any:
+            return self._cached("unet", base_key, lambda: self._load_component(path, "unet"))
+
+        if not ref.loras:
+            return load_base()
         key = (base_key, tuple((l.name, l.strength_model) for l in ref.loras))
         return self._cached(
-            "unet",
-            key,
-            lambda: self._with_loras(
-                self._cached("unet", base_key, lambda: self._load_component(path, "unet")),
-                ref.loras,
-                "unet",
-                lambda l: l.strength_model,
-            ),
+            "unet", key, lambda: self._with_loras(load_base(), ref.loras, "unet", lambda l: l.strength_model)
         )
 
     def text_encoder(self, ref: ClipRef) -> tuple["CLIPTokenizer", "CLIPTextModel"]:
@@ -184,12 +184,18 @@ class ModelLoader:
         """
         path = self.models.resolve("checkpoints", ref.checkpoint)
         base_key = ("base", _file_stamp(path))
-        key = (base_key, tuple((l.name, l.strength_clip) for l in ref.loras))
+
+        def load_base() -> tuple[Any, Any]:
+            return self._cached("text_encoder", base_key, lambda: self._load_text_encoder(path))
+
+        if not ref.loras:
+            return load_base()
 
         def load() -> tuple[Any, Any]:
-            tokenizer, encoder = self._cached("text_encoder", base_key, lambda: self._load_text_encoder(path))
+            tokenizer, encoder = load_base()
             return tokenizer, self._with_loras(encoder, ref.loras, "text_encoder", lambda l: l.strength_clip)
 
+        key = (base_key, tuple((l.name, l.strength_clip) for l in ref.loras))
         return self._cached("text_encoder", key, load)
 
     def vae(self, ref: VaeRef) -> "AutoencoderKL":

@@ -653,7 +653,14 @@ def load_component(path: Path | str, component: str, dtype: torch.dtype = torch.
         config = configs.get("text_encoder") or default_config("text_encoder")
         converted = convert_ldm_clip_checkpoint(state)
         model = build_text_encoder(config, converted, path)
-    return model.to(dtype=dtype).eval()
+    return _cast(model, dtype).eval()
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    # NOTE: only cast when needed: diffusers warns on every .to(dtype) call.
+    if any(p.dtype != dtype for p in model.parameters()):
+        model = model.to(dtype=dtype)
+    return model
 
 
 def load_vae_file(path: Path | str, dtype: torch.dtype = torch.float32) -> Any:
@@ -674,7 +681,7 @@ def load_vae_file(path: Path | str, dtype: torch.dtype = torch.float32) -> Any:
         converted = convert_ldm_vae_checkpoint(state, config)
     else:
         raise CheckpointFormatError(f"{path} does not look like a VAE: no encoder/decoder keys.")
-    return build_vae(config, converted, path).to(dtype=dtype).eval()
+    return _cast(build_vae(config, converted, path), dtype).eval()
 
 
 def load_controlnet_file(path: Path | str, dtype: torch.dtype = torch.float32) -> Any:
@@ -694,7 +701,7 @@ def load_controlnet_file(path: Path | str, dtype: torch.dtype = torch.float32) -
     if any(k.startswith("control_model.") for k in state):
         state = {k: v for k, v in state.items() if k.startswith("control_model.")}
     converted = convert_controlnet_checkpoint(state, config)
-    return build_controlnet(config, converted, path).to(dtype=dtype).eval()
+    return _cast(build_controlnet(config, converted, path), dtype).eval()
 
 
 @dataclass

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -47,6 +48,9 @@ from graphs.types import (
 __all__ = ["ModelLoaderLike", "SamplerCancelled", "SamplerConfig", "SamplerEvent", "SamplerModel"]
 
 logger = logging.getLogger(__name__)
+
+# How many UNet/ControlNet call sizes a long-running model keeps for inspection.
+CALL_HISTORY = 4096
 
 
 @dataclass
@@ -99,8 +103,8 @@ class SamplerModel:
             forward with ``(rows, requests)`` (e.g. to feed a batch-size metric).
 
     Attributes:
-        unet_calls (`list[int]`): row count of every UNet forward so far.
-        controlnet_calls (`list[int]`): row count of every ControlNet forward so far.
+        unet_calls (`deque[int]`): row count of each UNet forward, the last ``CALL_HISTORY``.
+        controlnet_calls (`deque[int]`): row count of each ControlNet forward, likewise.
     """
 
     def __init__(
@@ -114,8 +118,8 @@ class SamplerModel:
         self.on_unet_call = on_unet_call
         self.device = torch.device(config.device)
         self.dtype = getattr(torch, config.dtype)
-        self.unet_calls: list[int] = []
-        self.controlnet_calls: list[int] = []
+        self.unet_calls: deque[int] = deque(maxlen=CALL_HISTORY)
+        self.controlnet_calls: deque[int] = deque(maxlen=CALL_HISTORY)
         self._schedules: dict[str, tuple[ModelSampling, float]] = {}
 
     # ------------------------------------------------------------------ public API

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import time
@@ -48,7 +49,13 @@ from serve.provenance.models import (
     VerifyReport,
     WatermarkReport,
 )
-from serve.provenance.signer import C2paSigner, InvalidImageError, SigningError, verify_c2pa_with_image
+from serve.provenance.signer import (
+    C2paSigner,
+    InvalidImageError,
+    SigningError,
+    read_manifest_store,
+    verify_c2pa_with_image,
+)
 from serve.provenance.watermark import Watermarker, WatermarkError
 
 logger = logging.getLogger(__name__)
@@ -223,7 +230,7 @@ class ProvenanceService:
         import c2pa
 
         with c2pa.Reader(mime, io.BytesIO(signed)) as reader:
-            manifest_json = reader.json()
+            manifest_json = json.dumps(read_manifest_store(reader))
         return StampedImage(
             data=signed,
             sha256=hashlib.sha256(signed).hexdigest(),

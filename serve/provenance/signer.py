@@ -19,6 +19,11 @@ API facts this module relies on (read from the installed package, not guessed):
   (``C2paError.Signature``), but it does sign with a certificate lacking the
   digitalSignature key usage (nonRepudiation suffices for it): `keys.validate_credentials`
   is stricter, as the C2PA spec asks.
+* Known c2pa-rs bug (contentauth/c2pa-rs#2570, open for 0.91.3): ``Reader.json()`` renders a
+  custom assertion's array of small integers (e.g. ``"seeds": [5, 7]``) as a base64 byte
+  string and truncates values above 255. The stored CBOR is correct and ``Reader.crjson()``
+  renders it correctly, so `read_manifest_store` takes the data of ``org.genserve.*``
+  assertions from crJSON.
 * The builder's automatic thumbnail is on by default in c2pa-rs; for a noisy 256x256 PNG it
   grew the file from 0.2 MB to 1.4 MB and signing from 2 ms to 90 ms, so it is off here
   unless asked for.
@@ -311,6 +316,23 @@ class C2paSigner:
         return verify_c2pa(image_bytes, trust_anchors_pem)
 
 
+def read_manifest_store(reader: "c2pa.Reader") -> dict[str, Any]:
+    """``reader.json()`` parsed, with genserve's own assertions taken from crJSON (see module doc)."""
+    store = json.loads(reader.json())
+    try:
+        cr = json.loads(reader.crjson())
+    except (c2pa.C2paError, ValueError):
+        return store
+    by_label = {m.get("label"): m.get("assertions") or {} for m in cr.get("manifests", [])}
+    for label, manifest in (store.get("manifests") or {}).items():
+        cr_assertions = by_label.get(label) or {}
+        for assertion in manifest.get("assertions") or []:
+            name = assertion.get("label", "")
+            if name.startswith("org.genserve.") and isinstance(cr_assertions.get(name), dict):
+                assertion["data"] = cr_assertions[name]
+    return store
+
+
 def _reader_context(trust_anchors_pem: bytes | str | None) -> "c2pa.Context":
     settings: dict[str, Any] = {"verify": {"verify_trust": True, "remote_manifest_fetch": False}}
     if trust_anchors_pem:
@@ -399,7 +421,7 @@ def verify_c2pa_with_image(image_bytes: bytes, trust_anchors_pem: bytes | str | 
         return report, image
     with reader:
         try:
-            store = json.loads(reader.json())
+            store = read_manifest_store(reader)
         except (c2pa.C2paError, ValueError) as e:
             report.c2pa = C2paReport(present=True, validation_state="Invalid", errors=[f"manifest unreadable: {e}"])
             return report, image

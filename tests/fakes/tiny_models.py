@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from graphs.types import ControlNetRef, ModelRef
 
@@ -29,11 +30,29 @@ def _seed_for(name: str) -> int:
     return sum((i + 1) * ord(c) for i, c in enumerate(name)) % (2**31)
 
 
+class TinyEpsUNet(UNet2DConditionModel):
+    """A real diffusers UNet whose eps prediction gets a skip connection: ``sample + 0.1 * unet(...)``.
+
+    A randomly initialised UNet predicts noise that has nothing to do with its input, so
+    sampling with it drifts to latents of size ~100 where float32 rounding alone exceeds
+    the tolerances of the batch-invariance tests. With the skip, the prediction is roughly
+    that of a trained model for data near 0 (eps ~ scaled input) plus a conditioned,
+    ControlNet-sensitive perturbation, and results stay of order 1 like real latents.
+    """
+
+    residual_scale = 0.1
+
+    def forward(self, sample, timestep, encoder_hidden_states, *args, return_dict: bool = True, **kwargs):
+        out = super().forward(sample, timestep, encoder_hidden_states, *args, return_dict=False, **kwargs)[0]
+        eps = sample + self.residual_scale * out
+        return UNet2DConditionOutput(sample=eps) if return_dict else (eps,)
+
+
 def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
     """A 2-level SD1.5-style UNet (cross-attention in the first level), ~0.3M parameters."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
+        unet = TinyEpsUNet(
             sample_size=8,
             in_channels=4,
             out_channels=4,
