@@ -90,12 +90,10 @@ def run_workflow(
     from deployments.inprocess import build_inprocess_backends
     from graphs.executor import ExecutionContext
     from serve.config import AppArgs
-    from serve.provenance_hook import build_stamper
     from serve.service import GenServeService, SubmitError
 
     args = AppArgs(data_dir=str(data_dir), models_dir=str(models_dir), provenance=provenance)
-    stamper, on_saved = build_stamper(args)
-    service = GenServeService(args, build_inprocess_backends(models_dir), stamper=stamper, on_saved=on_saved)
+    service = GenServeService(args, build_inprocess_backends(models_dir))
     try:
         wf, result = service.validate(json.loads(workflow.read_text()))
     except (SubmitError, json.JSONDecodeError) as exc:
@@ -132,11 +130,59 @@ def run_workflow(
         console.print(f"[red]failed:[/] {exc}")
         raise typer.Exit(1)
     service.store.finish(prompt_id=job.prompt_id, owner=None, status="success", outputs=res.outputs)
+    out_dir = data_dir / "output"
     for node_id, out in res.outputs.items():
         for img in out.get("images", []):
-            path = service.outputs.path(img["filename"], img["subfolder"], img["type"])
-            print(path)
+            data, _ = service.artifacts.read(kind=img["type"], filename=img["filename"], subfolder=img["subfolder"])
+            path = data_dir / img["type"] / img["subfolder"] / img["filename"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            art = service.records.by_name(kind=img["type"], subfolder=img["subfolder"], filename=img["filename"])
+            print(f"{path}\t{art.id if art else ''}")
     console.print(f"[green]done[/] in {time.perf_counter() - started:.1f}s (prompt {job.prompt_id})")
+
+
+@app.command("verify")
+def verify(
+    image: Path = typer.Argument(..., exists=True, dir_okay=False, help="PNG or JPEG to check."),
+    data_dir: Path = typer.Option(Path("data"), envvar="GENSERVE_DATA_DIR", help="Data folder (artifact records, dev CA)."),
+    trust_anchors: Optional[Path] = typer.Option(None, exists=True, help="PEM file of extra trusted roots."),
+    trust_dev_ca: bool = typer.Option(False, help="Treat the local development CA as trusted."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full JSON report."),
+) -> None:
+    """Check an image's C2PA manifest, invisible watermark and integrity."""
+    from serve.config import AppArgs
+    from serve.provenance import InvalidImageError, ProvenanceService
+    from serve.stores.records import RecordStore
+
+    args = AppArgs(data_dir=str(data_dir))
+    records = RecordStore(args.resolved_database_url)
+
+    def resolve(payload: str) -> str | None:
+        art = records.by_watermark(payload)
+        return art.id if art else None
+
+    svc = ProvenanceService(data_dir, trust_development_ca=trust_dev_ca, resolve_watermark=resolve)
+    try:
+        report = svc.verify(image.read_bytes(), trust_anchors_pem=trust_anchors.read_bytes() if trust_anchors else None)
+    except InvalidImageError as exc:
+        console.print(f"[red]not a readable PNG or JPEG:[/] {exc}")
+        raise typer.Exit(2)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    c, w = report.c2pa, report.watermark
+    table = Table("check", "result")
+    table.add_row("C2PA manifest", "present" if c.present else "[yellow]absent[/]")
+    if c.present:
+        table.add_row("signature/hash", "[green]valid[/]" if c.valid else f"[red]invalid[/] {'; '.join(c.errors[:3])}")
+        table.add_row("trusted signer", "[green]yes[/]" if c.trusted else "no (add its root with --trust-anchors)")
+        if c.manifest:
+            table.add_row("signed by", str(c.manifest.signature_common_name or c.manifest.signature_issuer))
+            table.add_row("claim generator", str(c.manifest.claim_generator))
+    table.add_row("pixels changed after signing", str(report.pixels_changed_after_signing))
+    table.add_row("watermark", f"found, artifact {w.artifact_id or '(unknown here)'}" if w.found else f"not found ({w.reason or 'no mark'})")
+    Console().print(table)
 
 
 # -- cluster lifecycle --------------------------------------------------------------------------

@@ -76,6 +76,8 @@ class AppArgs(BaseModel):
     sampler: StageOptions = Field(default_factory=StageOptions)
     vae: StageOptions = Field(default_factory=StageOptions)
     provenance: bool = Field(True, description="Watermark and C2PA-sign every output (turn off only for benchmarks).")
+    watermark_method: str | None = Field("dwtDctSvd", description="Invisible watermark method (dwtDctSvd or rivaGan); None disables it.")
+    trust_development_ca: bool = Field(False, description="Report images signed by the local development CA as trusted.")
 
     @model_validator(mode="after")
     def _check(self) -> "AppArgs":

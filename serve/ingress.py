@@ -12,7 +12,7 @@ from ray import serve
 
 from serve import __version__
 from serve.config import AppArgs
-from serve.routes import comfy, native
+from serve.routes import artifacts, comfy, native
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +23,14 @@ def create_fastapi_app() -> FastAPI:
     app.include_router(comfy.router)
     app.include_router(comfy.router, prefix="/api")
     app.include_router(native.router)
+    app.include_router(artifacts.router)
 
     @app.middleware("http")
     async def request_id_and_size(request: Request, call_next: Any) -> Any:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        service = getattr(request.app.state, "service", None)
+        from serve.routes.deps import _process_service
+
+        service = getattr(request.app.state, "service", None) or _process_service
         length = request.headers.get("content-length")
         if service is not None and length and length.isdigit():
             # Refuse oversized bodies before reading them (uploads are checked again while reading).
@@ -56,14 +59,14 @@ class IngressDeployment:
 
     async def __init__(self, args: dict[str, Any], text_encoder: Any, sampler: Any, vae: Any):
         from serve.backends import build_serve_backends
-        from serve.provenance_hook import build_stamper
         from serve.service import GenServeService
 
         app_args = AppArgs.model_validate(args)
         backends = build_serve_backends(text_encoder, sampler, vae)
-        stamper, on_saved = build_stamper(app_args)
-        self.service = GenServeService(app_args, backends, stamper=stamper, on_saved=on_saved)
-        fastapi_app.state.service = self.service
+        self.service = GenServeService(app_args, backends)
+        from serve.routes.deps import set_process_service
+
+        set_process_service(self.service)
         self.service.runner.start()
 
     def check_health(self) -> None:

@@ -156,7 +156,8 @@ class JobRunner:
         ctx = ExecutionContext(
             prompt_id=job.prompt_id, workflow=wf, backends=self.backends, sink=self.sink, inputs=self.inputs,
             emit=emit, cancel=token, extra={"client_id": job.client_id, "extra_data": job.extra_data,
-                                            "submitted_by": job.submitted_by, "workflow_hash": job.workflow_hash},
+                                            "submitted_by": job.submitted_by, "workflow_hash": job.workflow_hash,
+                                            "workflow_ref": (job.extra_data or {}).get("workflow_ref")},
         )
         await self._broadcast_status()
         status, outputs, error = FAILED, {}, None

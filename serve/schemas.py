@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class PromptRequest(BaseModel):
@@ -55,6 +55,7 @@ class UploadResponse(BaseModel):
 
 
 class ImageRef(BaseModel):
+    artifact_id: str | None = None
     filename: str
     subfolder: str = ""
     type: str = "output"
@@ -62,18 +63,45 @@ class ImageRef(BaseModel):
     data_base64: str | None = None
 
 
-class WorkflowRunRequest(BaseModel):
-    """``POST /v1/workflows/run``: run a workflow and wait for its images."""
+class WorkflowRegisterRequest(BaseModel):
+    """``POST /v1/workflows``: register a named, versioned workflow."""
 
+    name: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     workflow: dict[str, Any] = Field(..., description="API-format workflow.")
+    description: str = Field("", max_length=2000)
+
+
+class WorkflowVersionPublic(BaseModel):
+    name: str
+    version: int
+    ref: str
+    content_hash: str
+    description: str = ""
+    created_at: float
+
+
+class WorkflowRunRequest(BaseModel):
+    """``POST /v1/workflows/run``: run a workflow (inline, or a registered ``name@version``) and wait for its images."""
+
+    workflow: dict[str, Any] | None = Field(None, description="API-format workflow.")
+    workflow_ref: str | None = Field(None, max_length=200, description="Registered workflow: 'name@version' or 'name' (latest).")
+    overrides: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                 description="Per-node input overrides: {node_id: {input: value}} (e.g. seed, text).")
     client_id: str | None = Field(None, max_length=128)
     timeout_s: float = Field(300.0, gt=0, le=3600, description="How long to wait before answering 504 (the job keeps running).")
     include_data: bool = Field(True, description="Inline the images as base64 PNG.")
+
+    @model_validator(mode="after")
+    def _one_workflow(self) -> "WorkflowRunRequest":
+        if (self.workflow is None) == (self.workflow_ref is None):
+            raise ValueError("give exactly one of 'workflow' or 'workflow_ref'")
+        return self
 
 
 class WorkflowRunResponse(BaseModel):
     prompt_id: str
     status: str
+    workflow_ref: str | None = None
     outputs: dict[str, Any] = Field(default_factory=dict)
     images: list[ImageRef] = Field(default_factory=list)
     cached_nodes: list[str] = Field(default_factory=list)

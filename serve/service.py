@@ -19,14 +19,23 @@ from graphs.registry import NodeRegistry, default_registry
 from graphs.validation import ValidationResult, validate_workflow
 from graphs.workflow import parse_workflow
 from serve.config import AppArgs
-from serve.outputs import ImageOutputSink
+from serve.artifacts import ArtifactService, open_store_from_args
 from serve.runner import JobRunner
-from serve.stores.files import InputImageStore, OutputImageStore
+from serve.stores.files import InputImageStore
 from serve.stores.jobs import TERMINAL, Job, JobStore
+from serve.stores.records import RecordStore
 
 logger = logging.getLogger(__name__)
 
 MODEL_SOURCES = {"checkpoints": "checkpoints", "controlnet": "controlnet", "loras": "loras", "vae": "vae"}
+
+
+def build_provenance(args: AppArgs) -> Any:
+    """The provenance service for these args (dev credentials under data_dir unless configured)."""
+    from serve.provenance import ProvenanceService
+
+    return ProvenanceService(args.data_dir, watermark_method=args.watermark_method,
+                             trust_development_ca=args.trust_development_ca)
 
 
 class SubmitError(Exception):
@@ -48,11 +57,12 @@ class GenServeService:
         args: app arguments (folders, database URL, runner limits).
         backends: stage backends (Serve handles or in-process models).
         registry: node registry (default: all built-in nodes).
-        stamper: provenance hook applied to every saved image.
+        provenance: a ``ProvenanceService``; default: built from ``args`` (``None`` when
+            ``args.provenance`` is off).
     """
 
     def __init__(self, args: AppArgs, backends: Backends, registry: NodeRegistry | None = None,
-                 stamper: Any = None, on_saved: Any = None):
+                 provenance: Any = "auto"):
         from deployments.checkpoints.layout import ModelsDir
 
         self.args = args
@@ -61,8 +71,15 @@ class GenServeService:
         self.registry = registry or default_registry()
         self.models = ModelsDir(Path(args.models_dir))
         self.inputs = InputImageStore(self.data_dir / "input", max_bytes=args.max_upload_bytes)
-        self.outputs = OutputImageStore(self.data_dir / "output", self.data_dir / "temp")
-        self.sink = ImageOutputSink(self.outputs, stamper=stamper, on_saved=on_saved)
+        self.records = RecordStore(args.resolved_database_url)
+        self.blobs = open_store_from_args(args.artifact_store, args.s3_endpoint_url, self.data_dir)
+        if provenance == "auto":
+            provenance = build_provenance(args) if args.provenance else None
+        self.artifacts = ArtifactService(self.records, self.blobs, self.inputs, provenance, self.models)
+        if provenance is not None and provenance.resolve_watermark is None:
+            provenance.resolve_watermark = self.artifacts.resolve_watermark
+        self.provenance = provenance
+        self.sink = self.artifacts
         self.cache = OutputCache()
         self.executor = Executor(self.registry, self.cache)
         self.backends = backends
@@ -112,6 +129,7 @@ class GenServeService:
             prompt=wf.raw, output_ids=result.output_node_ids, client_id=client_id, extra_data=extra_data or {},
             prompt_id=prompt_id, front=front, workflow_hash=wf.content_hash(), submitted_by=submitted_by,
         )
+        
         self.runner.wake()
         return job, result
 
@@ -127,6 +145,18 @@ class GenServeService:
                 return job
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.25)
+
+    def resolve_workflow_ref(self, ref: str) -> Any:
+        """``name@version`` or ``name`` (latest) -> registered workflow version; 404 HTTPException when unknown."""
+        from fastapi import HTTPException
+
+        name, _, ver = ref.partition("@")
+        if ver and not ver.isdigit():
+            raise HTTPException(status_code=400, detail=f"workflow ref {ref!r}: version must be an integer")
+        version = self.records.get_workflow(name, int(ver) if ver else None)
+        if version is None:
+            raise HTTPException(status_code=404, detail=f"unknown workflow {ref!r}; register it with POST /v1/workflows")
+        return version
 
     # -- ComfyUI views --------------------------------------------------------------------
     @staticmethod

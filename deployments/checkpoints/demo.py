@@ -33,9 +33,10 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,7 +102,11 @@ DEMO_TEXT_CONFIG: dict[str, Any] = {
 DEMO_CONTROLNET_EMBEDDING_CHANNELS = (16, 32, 96, 256)
 #: Std of the ControlNet zero convs, relative to a fan-in-scaled init. Real ControlNets
 #: start at exactly zero; small non-zero values make the control image matter.
-DEMO_ZERO_CONV_GAIN = 0.5
+DEMO_ZERO_CONV_GAIN = 0.3
+#: Gain of the hint encoder's convs. Eight conv+SiLU layers at gain 1 shrink the signal
+#: ~30x, which made every control image give the same result; at 2.0, two different hint
+#: images change the UNet output by ~30% of its norm (measured).
+DEMO_HINT_GAIN = 2.0
 DEMO_LORA_RANK = 4
 #: Std of the LoRA up weights relative to fan-in scaling: large enough to be visible.
 DEMO_LORA_GAIN = 0.5
@@ -189,16 +194,18 @@ def build_demo_components(seed: int = 0) -> DemoComponents:
     text_encoder = seeded_init_(CLIPTextModel(CLIPTextConfig(**DEMO_TEXT_CONFIG)), seed, "text_encoder")
 
     # A ControlNet starts as a copy of the UNet's encoder; only its own parts are new.
-    controlnet = ControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=DEMO_CONTROLNET_EMBEDDING_CHANNELS
-    )
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=DEMO_CONTROLNET_EMBEDDING_CHANNELS)
     zero_convs = ("controlnet_down_blocks.", "controlnet_mid_block.", "controlnet_cond_embedding.conv_out.")
     seeded_init_(
         controlnet,
         seed,
         "controlnet",
         include=lambda name: name.startswith("controlnet_"),
-        gain=lambda name: DEMO_ZERO_CONV_GAIN if name.startswith(zero_convs) else 1.0,
+        gain=lambda name: (
+            DEMO_ZERO_CONV_GAIN
+            if name.startswith(zero_convs)
+            else (DEMO_HINT_GAIN if name.startswith("controlnet_cond_embedding.") else 1.0)
+        ),
     )
     for model in (unet, vae, text_encoder, controlnet):
         model.eval().requires_grad_(False)
@@ -212,7 +219,9 @@ def build_demo_components(seed: int = 0) -> DemoComponents:
     )
 
 
-def build_demo_lora(unet: nn.Module, text_encoder: nn.Module, seed: int, rank: int = DEMO_LORA_RANK) -> dict[str, torch.Tensor]:
+def build_demo_lora(
+    unet: nn.Module, text_encoder: nn.Module, seed: int, rank: int = DEMO_LORA_RANK
+) -> dict[str, torch.Tensor]:
     """Builds a kohya-style LoRA state dict for the demo UNet and text encoder.
 
     Targets the UNet attention projections (``attn1``/``attn2`` ``to_q/k/v/out.0``) and
@@ -229,7 +238,9 @@ def build_demo_lora(unet: nn.Module, text_encoder: nn.Module, seed: int, rank: i
         ):
             targets.append(("unet", name, module))
     for name, module in text_encoder.named_modules():
-        if isinstance(module, nn.Linear) and name.endswith(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")):
+        if isinstance(module, nn.Linear) and name.endswith(
+            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+        ):
             targets.append(("text_encoder", name, module))
     for namespace, name, module in targets:
         base = kohya_name(name, namespace)
@@ -324,7 +335,8 @@ def init_demo(models_dir: ModelsDir | Path | str | None = None, seed: int = 0, f
             with this seed exists.
 
     Returns:
-        The four paths written (see :func:`demo_paths`).
+        The paths written by this call: all four of :func:`demo_paths`, or ``[]`` when a
+        complete bundle with this seed was already there.
 
     Raises:
         FileExistsError: a bundle with another seed (or a non-demo model under a demo
@@ -340,7 +352,7 @@ def init_demo(models_dir: ModelsDir | Path | str | None = None, seed: int = 0, f
         marker = _read_marker(ckpt_dir)
         if marker and marker.get("seed") == seed and marker.get("version") == DEMO_VERSION:
             logger.info("Demo bundle already present in %s (seed %d); use force=True to rewrite", models.root, seed)
-            return paths
+            return []
     if not force:
         for p in paths:
             if p.is_dir() and _read_marker(p) is None:
@@ -393,7 +405,9 @@ def init_demo(models_dir: ModelsDir | Path | str | None = None, seed: int = 0, f
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: ``python -m deployments.checkpoints.demo``."""
-    parser = argparse.ArgumentParser(description="Write genserve's demo model bundle (seeded random SD1.5-like weights).")
+    parser = argparse.ArgumentParser(
+        description="Write genserve's demo model bundle (seeded random SD1.5-like weights)."
+    )
     parser.add_argument(
         "--models-dir",
         type=Path,
@@ -404,8 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite an existing bundle")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for path in init_demo(args.models_dir, seed=args.seed, force=args.force):
-        logger.info("ready: %s", path)
+    written = init_demo(args.models_dir, seed=args.seed, force=args.force)
+    models = ModelsDir(args.models_dir or default_models_dir())
+    for path in demo_paths(models):
+        logger.info("%s: %s", "written" if path in written else "already present", path)
     return 0
 
 

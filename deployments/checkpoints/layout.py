@@ -48,11 +48,16 @@ class ModelNotFoundError(FileNotFoundError):
             listing = f"Available in {folder}: {shown}{more}."
         else:
             listing = f"{folder} holds no {kind} models."
-        demo = " Run `python -m deployments.checkpoints.demo` to create the demo bundle." if kind in (
-            "checkpoints",
-            "controlnet",
-            "loras",
-        ) else ""
+        demo = (
+            " Run `python -m deployments.checkpoints.demo` to create the demo bundle."
+            if kind
+            in (
+                "checkpoints",
+                "controlnet",
+                "loras",
+            )
+            else ""
+        )
         message = f"{kind} model {name!r} not found. {hint}{listing}{demo}"
         super().__init__(message)
 
@@ -92,7 +97,7 @@ class ModelsDir:
         self.root = Path(root).expanduser()
 
     @classmethod
-    def from_env(cls) -> "ModelsDir":
+    def from_env(cls) -> ModelsDir:
         """Builds a :class:`ModelsDir` for ``$GENSERVE_MODELS_DIR`` (default ``./models``)."""
         return cls(default_models_dir())
 
@@ -115,7 +120,7 @@ class ModelsDir:
             raise ValueError(f"Unknown model kind {kind!r}; expected one of {', '.join(constants.MODEL_KINDS)}.")
         return self.root / kind
 
-    def ensure(self) -> "ModelsDir":
+    def ensure(self) -> ModelsDir:
         """Creates the root and every kind folder (idempotent). Returns ``self``."""
         for kind in constants.MODEL_KINDS:
             self.folder(kind).mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,10 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,7 +34,7 @@ from deployments.checkpoints import single_file
 from deployments.checkpoints.layout import ModelsDir
 from deployments.checkpoints.lora import apply_lora, load_lora_file
 from deployments.checkpoints.single_file import CheckpointFormatError, default_config
-from deployments.checkpoints.tokenizer import load_clip_tokenizer
+from deployments.checkpoints.tokenizer import load_clip_tokenizer, tokenizer_cache_dir
 from graphs.types import ClipRef, ControlNetRef, LoraRef, ModelRef, VaeRef
 
 if TYPE_CHECKING:  # NOTE: diffusers/transformers are imported lazily (slow imports).
@@ -130,16 +131,14 @@ class ModelLoader:
         self.device = torch.device(device)
         self.dtype = dtype
         self._lock = threading.RLock()
-        self._caches = {
-            kind: _LRU(cache_size) for kind in ("unet", "text_encoder", "vae", "controlnet", "lora")
-        }
+        self._caches = {kind: _LRU(cache_size) for kind in ("unet", "text_encoder", "vae", "controlnet", "lora")}
         # LoRA files are small; keep more of them than big models.
         self._caches["lora"].capacity = max(cache_size, 8)
         logger.debug("ModelLoader(%s, device=%s, dtype=%s, cache_size=%d)", self.models, self.device, dtype, cache_size)
 
     # -- public API --------------------------------------------------------------------
 
-    def unet(self, ref: ModelRef) -> "UNet2DConditionModel":
+    def unet(self, ref: ModelRef) -> UNet2DConditionModel:
         """Returns the UNet of ``ref.checkpoint`` with ``ref.loras`` merged in order.
 
         Args:
@@ -167,7 +166,7 @@ class ModelLoader:
             "unet", key, lambda: self._with_loras(load_base(), ref.loras, "unet", lambda l: l.strength_model)
         )
 
-    def text_encoder(self, ref: ClipRef) -> tuple["CLIPTokenizer", "CLIPTextModel"]:
+    def text_encoder(self, ref: ClipRef) -> tuple[CLIPTokenizer, CLIPTextModel]:
         """Returns the CLIP tokenizer and text encoder of a checkpoint, LoRAs merged.
 
         Args:
@@ -198,7 +197,7 @@ class ModelLoader:
         key = (base_key, tuple((l.name, l.strength_clip) for l in ref.loras))
         return self._cached("text_encoder", key, load)
 
-    def vae(self, ref: VaeRef) -> "AutoencoderKL":
+    def vae(self, ref: VaeRef) -> AutoencoderKL:
         """Returns a VAE: a standalone file from ``models/vae`` or a checkpoint's own.
 
         Args:
@@ -220,7 +219,7 @@ class ModelLoader:
         path = self.models.resolve("checkpoints", ref.checkpoint)
         return self._cached("vae", ("ckpt", _file_stamp(path)), lambda: self._load_component(path, "vae"))
 
-    def controlnet(self, ref: ControlNetRef) -> "ControlNetModel":
+    def controlnet(self, ref: ControlNetRef) -> ControlNetModel:
         """Returns a ControlNet from ``models/controlnet`` (diffusers folder or single file).
 
         Args:
@@ -295,11 +294,14 @@ class ModelLoader:
             model = model.to(dtype=self.dtype)
         if self.device.type != "cpu":
             model = model.to(self.device)
+        single_file.realign_(model)  # same bits whatever the load path (see realign_)
         model.eval()
         model.requires_grad_(False)
         return model
 
-    def _with_loras(self, base: Any, loras: tuple[LoraRef, ...], target: str, strength: Callable[[LoraRef], float]) -> Any:
+    def _with_loras(
+        self, base: Any, loras: tuple[LoraRef, ...], target: str, strength: Callable[[LoraRef], float]
+    ) -> Any:
         model = base
         for lora in loras:
             model = apply_lora(model, self.lora_state(lora.name), target, strength(lora))
@@ -336,9 +338,26 @@ class ModelLoader:
             tokenizer = load_clip_tokenizer(str(tokenizer_dir) if (tokenizer_dir / "vocab.json").is_file() else None)
         else:
             encoder = single_file.load_component(path, "text_encoder", dtype=self.dtype)
-            tokenizer = load_clip_tokenizer(None)
+            tokenizer = load_clip_tokenizer(self._single_file_tokenizer_dir())
         logger.info("Loaded text_encoder from %s", path)
         return tokenizer, self._prepare(encoder)
+
+    def _single_file_tokenizer_dir(self) -> str | None:
+        """Where the tokenizer of a single-file SD1.x checkpoint comes from.
+
+        Single files carry no tokenizer, and every SD1.x model uses CLIP ViT-L/14's. Prefer
+        copies that are already on disk (genserve's cache, then the ``tokenizer/`` of any
+        diffusers checkpoint in the models folder, e.g. the demo bundle) over building one,
+        which may need the package registry.
+        """
+        cached = tokenizer_cache_dir()
+        if (cached / "vocab.json").is_file() and (cached / "merges.txt").is_file():
+            return str(cached)
+        for name in self.models.list("checkpoints"):
+            folder = self.models.folder("checkpoints") / name / "tokenizer"
+            if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+                return str(folder)
+        return None  # load_clip_tokenizer builds the cached one
 
     def _load_vae_file(self, path: Path) -> Any:
         if path.is_dir():

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -87,7 +87,9 @@ class LoraLayer:
             raise LoraError(f"Unsupported LoRA down weight with shape {tuple(down.shape)}.")
         if delta.shape != weight_shape:
             if delta.numel() != torch.Size(weight_shape).numel():
-                raise LoraError(f"LoRA update of shape {tuple(delta.shape)} does not fit a weight {tuple(weight_shape)}.")
+                raise LoraError(
+                    f"LoRA update of shape {tuple(delta.shape)} does not fit a weight {tuple(weight_shape)}."
+                )
             delta = delta.reshape(weight_shape)  # conv 1x1 <-> linear layouts
         return delta * self.scale
 

@@ -204,6 +204,11 @@ def write_clip_tokenizer(folder: Path, bpe_path: Path | None = None) -> Path:
     return folder
 
 
+def tokenizer_cache_dir() -> Path:
+    """Returns where :func:`cached_tokenizer_dir` keeps its folder (it may not exist)."""
+    return cache_dir() / "clip-vit-large-patch14-tokenizer"
+
+
 def cached_tokenizer_dir() -> Path:
     """Returns a tokenizer folder in the genserve cache, building it on first use.
 
@@ -212,14 +217,14 @@ def cached_tokenizer_dir() -> Path:
     Raises:
         ClipBpeUnavailableError: the BPE file is neither local nor downloadable.
     """
-    folder = cache_dir() / "clip-vit-large-patch14-tokenizer"
+    folder = tokenizer_cache_dir()
     if not (folder / "vocab.json").is_file() or not (folder / "merges.txt").is_file():
         write_clip_tokenizer(folder)
     return folder
 
 
 @lru_cache(maxsize=8)
-def load_clip_tokenizer(folder: str | None = None) -> "CLIPTokenizer":
+def load_clip_tokenizer(folder: str | None = None) -> CLIPTokenizer:
     """Loads a :class:`~transformers.CLIPTokenizer` from a folder (offline).
 
     Args:

@@ -141,7 +141,7 @@ class ClipTextModel:
         loader (`ModelLoader`, *optional*): Model loader; built from ``config`` if omitted.
     """
 
-    def __init__(self, config: ClipTextConfig | None = None, loader: "ModelLoader | None" = None) -> None:
+    def __init__(self, config: ClipTextConfig | None = None, loader: ModelLoader | None = None) -> None:
         self.config = config or ClipTextConfig()
         if loader is None:
             from deployments.checkpoints.loader import ModelLoader
@@ -241,7 +241,9 @@ class ClipTextModel:
             hidden_parts, pooled_parts = [], []
             with torch.inference_mode():
                 for start in range(0, len(flat), self.config.max_batch_chunks):
-                    ids = torch.tensor(flat[start : start + self.config.max_batch_chunks], dtype=torch.long, device=device)
+                    ids = torch.tensor(
+                        flat[start : start + self.config.max_batch_chunks], dtype=torch.long, device=device
+                    )
                     out = encoder(input_ids=ids)
                     hidden_parts.append(out.last_hidden_state.float().cpu())
                     pooled_parts.append(out.pooler_output.float().cpu())
@@ -253,6 +255,10 @@ class ClipTextModel:
         for chunks in per_text:
             k = len(chunks)
             embedding = hidden[offset : offset + k].reshape(1, k * CHUNK_LENGTH, -1)
-            encoded.append(_Encoded(np.ascontiguousarray(embedding, dtype=np.float32), pooled[offset : offset + 1].astype(np.float32), k))
+            encoded.append(
+                _Encoded(
+                    np.ascontiguousarray(embedding, dtype=np.float32), pooled[offset : offset + 1].astype(np.float32), k
+                )
+            )
             offset += k
         return encoded

@@ -36,11 +36,12 @@ class SamplerConfig(BaseModel):
         "forward. A tick with more compatible rows is split into several forwards.",
     )
     latent_scale_factor: float = Field(
-        default=0.18215,
+        default=1.0,
         gt=0.0,
-        description="LATENT values are the VAE's unscaled latents, as in ComfyUI; the sampler "
-        "multiplies by this factor on the way in and divides on the way out (SD1.5: 0.18215). "
-        "A 'scaling_factor' key in the loader's model_sampling dict overrides it per checkpoint.",
+        description="Factor between LATENT values and the UNet's latent space: the sampler "
+        "multiplies by it on the way in and divides on the way out. 1.0 (default): LATENT is "
+        "already in UNet space, as deployments.vae encodes/decodes it. 0.18215: LATENT holds the "
+        "VAE's unscaled latents (ComfyUI's convention, SD1.5 factor).",
     )
     quantize_timesteps: bool = Field(
         default=True,

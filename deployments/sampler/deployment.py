@@ -62,6 +62,8 @@ class SamplerDeployment:
         self._m_reqs.observe(requests)
 
     async def sample_stream(self, request: SampleRequest) -> AsyncIterator[Any]:
+        # NOTE: validate before joining a batch, so one bad request cannot fail its batch-mates.
+        self.model.check_request(request)
         finished = False
         try:
             async for event in self._sample_batched(request):

@@ -131,7 +131,7 @@ class SamplerModel:
             request (`SampleRequest`): the KSampler inputs.
 
         Returns:
-            SamplerOutput: final latents (unscaled, ComfyUI's LATENT convention).
+            SamplerOutput: final latents, in the same space as ``request.latent``.
 
         Raises:
             ValueError: invalid request (see :meth:`check_request`).
@@ -241,8 +241,7 @@ class SamplerModel:
         if checkpoint not in self._schedules:
             settings = dict(self.loader.model_sampling(checkpoint))
             ms = ModelSampling.from_config(settings, quantize_timesteps=self.config.quantize_timesteps)
-            scale = float(settings.get("scaling_factor", self.config.latent_scale_factor))
-            self._schedules[checkpoint] = (ms, scale)
+            self._schedules[checkpoint] = (ms, float(self.config.latent_scale_factor))
         return self._schedules[checkpoint]
 
     def _module(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -276,7 +275,12 @@ class SamplerModel:
             sampler_name=request.sampler_name,
         )
         latent_np = np.ascontiguousarray(request.latent, dtype=np.float32)
-        batch, _, height, width = latent_np.shape
+        batch, channels, height, width = latent_np.shape
+        expected = getattr(getattr(unets[model_key], "config", None), "in_channels", None)
+        if expected is not None and channels != expected:
+            raise ValueError(
+                f"request {index}: latent has {channels} channels but {request.model.checkpoint} expects {expected}"
+            )
         job = _Job(
             index=index,
             request=request,
@@ -293,7 +297,8 @@ class SamplerModel:
         if job.total == 0:
             return job
 
-        # 3. Latents: noise from the request's own seeded CPU generator, ComfyUI's scaling
+        # 3. Latents: noise from the request's own seeded CPU generator (see SamplerConfig
+        # .latent_scale_factor for the space LATENT values live in)
         latent = torch.from_numpy(latent_np.copy()) * scale
         if request.add_noise:
             noise = k_sampling.prepare_noise(latent.shape, request.seed, request.batch_index)

@@ -98,7 +98,7 @@ class VaeModel:
         loader (`ModelLoader`, *optional*): Model loader; built from ``config`` if omitted.
     """
 
-    def __init__(self, config: VaeConfig | None = None, loader: "ModelLoader | None" = None) -> None:
+    def __init__(self, config: VaeConfig | None = None, loader: ModelLoader | None = None) -> None:
         self.config = config or VaeConfig()
         if loader is None:
             from deployments.checkpoints.loader import ModelLoader
@@ -131,7 +131,9 @@ class VaeModel:
         model = self.loader.vae(vae)
         channels = int(model.config.latent_channels)
         if latents.shape[1] != channels:
-            raise ValueError(f"This VAE expects {channels} latent channels, got {latents.shape[1]} (shape {latents.shape}).")
+            raise ValueError(
+                f"This VAE expects {channels} latent channels, got {latents.shape[1]} (shape {latents.shape})."
+            )
         scale, shift = _scaling(model)
         param = next(model.parameters())
 
@@ -139,7 +141,9 @@ class VaeModel:
         outputs = []
         with torch.inference_mode():
             for start in range(0, latents.shape[0], self.config.max_batch_size):
-                z = torch.from_numpy(np.ascontiguousarray(latents[start : start + self.config.max_batch_size], dtype=np.float32))
+                z = torch.from_numpy(
+                    np.ascontiguousarray(latents[start : start + self.config.max_batch_size], dtype=np.float32)
+                )
                 z = (z / scale + shift).to(device=param.device, dtype=param.dtype)
                 x = model.decode(z).sample.float()
                 x = ((x + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -179,7 +183,9 @@ class VaeModel:
         outputs = []
         with torch.inference_mode():
             for start in range(0, pixels.shape[0], self.config.max_batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(pixels[start : start + self.config.max_batch_size], dtype=np.float32))
+                x = torch.from_numpy(
+                    np.ascontiguousarray(pixels[start : start + self.config.max_batch_size], dtype=np.float32)
+                )
                 x = (x.permute(0, 3, 1, 2) * 2.0 - 1.0).to(device=param.device, dtype=param.dtype)
                 mean = model.encode(x).latent_dist.mean.float()
                 outputs.append(((mean - shift) * scale).cpu().numpy())

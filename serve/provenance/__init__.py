@@ -13,8 +13,9 @@ no FastAPI; routes and the artifact store's write path call it):
 
 Mapping a watermark payload back to an artifact needs a lookup the caller owns (the job or
 artifact store): pass ``resolve_watermark(payload_hex) -> artifact_id | None``. Payloads are
-short (32 bits by default), so treat a resolution as "points to", confirmed by the manifest
-when one is present.
+short (32 id bits by default), so treat a resolution as "points to", confirmed by the manifest
+when one is present. `verify` also looks up the id part of a read whose check bits failed;
+an exact hit there is reported as found (a chance hit has probability artifacts / 2**32).
 
 Usage::
 
@@ -117,6 +118,8 @@ class ProvenanceService:
         jpeg_quality (`int`, *optional*, defaults to 95): quality of JPEG outputs.
         thumbnail (`bool`, *optional*, defaults to False): embed a C2PA thumbnail.
         allow_development_credentials (`bool`, *optional*, defaults to True): False refuses the dev CA.
+        watermark_payload_bits (`int`, *optional*): embedded watermark bits; defaults to the
+            method's (48 for dwtDctSvd, 32 for rivaGan), see `Watermarker`.
 
     Raises:
         SigningConfigError: if credentials are missing/unfit (never signs with bad ones).
@@ -135,7 +138,7 @@ class ProvenanceService:
         jpeg_quality: int = 95,
         thumbnail: bool = False,
         allow_development_credentials: bool = True,
-        watermark_payload_bits: int = 32,
+        watermark_payload_bits: int | None = None,
     ):
         self.data_dir = os.fspath(data_dir)
         self.credentials = credentials or resolve_credentials(

@@ -33,6 +33,7 @@ whose manifest a reader rejects:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -212,7 +213,7 @@ def credentials_from_env(env: Mapping[str, str] | None = None) -> SignerCredenti
         missing = ENV_C2PA_CERT if not cert else ENV_C2PA_KEY
         raise SigningConfigError(f"{missing} is not set; set both {ENV_C2PA_CERT} and {ENV_C2PA_KEY}, or neither")
     creds = load_credentials(cert, key, alg=env.get(ENV_C2PA_ALG) or None, tsa_url=env.get(ENV_C2PA_TSA_URL) or None)
-    return SignerCredentials(**{**creds.__dict__, "source": "environment"})
+    return dataclasses.replace(creds, source="environment")
 
 
 def resolve_credentials(
@@ -408,11 +409,13 @@ def generate_dev_ca(
     signer_days: int = DEV_SIGNER_DAYS,
     signer_ekus: tuple[ObjectIdentifier, ...] = (ExtendedKeyUsageOID.EMAIL_PROTECTION, OID_DOCUMENT_SIGNING),
     signer_key_usage_digital_signature: bool = True,
+    signer_key_type: str = "ec",
 ) -> tuple[bytes, bytes, bytes, bytes]:
-    """Makes an EC P-256 development root CA and an ES256 signer certificate issued by it.
+    """Makes an EC P-256 development root CA and a signer certificate issued by it.
 
-    The keyword arguments exist so tests can make deliberately unfit certificates
-    (expired, wrong usage).
+    The signer key is EC P-256 (ES256) by default; ``signer_key_type`` ``"rsa"`` (PS256) and
+    ``"ed25519"`` exist for tests of the other algorithms, as do the keyword arguments that
+    make deliberately unfit certificates (expired, wrong usage).
 
     Returns:
         ``(ca_cert_pem, ca_key_pem, signer_chain_pem, signer_key_pem)``; the chain is leaf first
@@ -451,7 +454,14 @@ def generate_dev_ca(
         .sign(ca_key, hashes.SHA256())
     )
 
-    signer_key = ec.generate_private_key(ec.SECP256R1())
+    if signer_key_type == "ec":
+        signer_key = ec.generate_private_key(ec.SECP256R1())
+    elif signer_key_type == "rsa":
+        signer_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    elif signer_key_type == "ed25519":
+        signer_key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        raise TypeError(f"unknown signer_key_type {signer_key_type!r}")
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name("genserve DEVELOPMENT signer"))

@@ -1,22 +1,34 @@
 """Invisible watermark: embed and read a short artifact key with `invisible-watermark`.
 
-Which method, and why (measured by ``load_tests/bench_watermark.py``, numbers in
-``load_tests/results/bench_watermark.json``):
+Which method, and why (measured by ``load_tests/bench_watermark.py`` on 2 shared CPU cores,
+3 synthetic natural-ish images per size; bit accuracy / exact-payload found rate):
 
-* ``dwtDctSvd`` (the default). Bit accuracy stays at or near 1.0 after
-  JPEG q90 and q75 (and is mostly intact at q50), and after a 50% downscale
-  when the reader searches a few rescale factors (what `extract` does).
-  It costs tens of milliseconds per 512x512 image on one CPU core.
-  It does not survive a crop that moves the 8-pixel block grid, nor a +20%
-  brightness change (the payload rides on the chroma-U level). Both are
-  documented limits; C2PA is the strong binding, the watermark is the fallback
-  when metadata is stripped or the file is re-encoded.
-* ``rivaGan`` (the ONNX encoder/decoder shipped inside the package; needs
-  ``onnxruntime``). It is fixed at 32 bits and more tolerant of crops and
-  brightness, but on smooth or lightly textured content (typical for
-  diffusion outputs and our synthetic bench images) its bit accuracy is only
-  0.6-0.9 *before any edit*, and it costs about 0.4 s (256x256) to 1.1 s
-  (512x512) per embed on CPU. It is kept as an option, not the default.
+=============  ====  ======  =========  =========  =========  =========  =========  =========
+method         size  embed   none       JPEG q90   JPEG q75   JPEG q50   resize50   crop10
+=============  ====  ======  =========  =========  =========  =========  =========  =========
+dwtDctSvd-48   256   22 ms   1.00/1.00  1.00/1.00  0.99/0.67  0.94/0.00  1.00/1.00  0.54/0.00
+dwtDctSvd-48   512   92 ms   1.00/1.00  1.00/1.00  1.00/1.00  0.95/0.00  1.00/1.00  0.51/0.00
+rivaGan-32     256   470 ms  1.00/1.00  1.00/1.00  0.93/0.00  0.81/0.00  1.00/1.00  0.99/0.67
+rivaGan-32     512   2.0 s   0.99/0.67  0.95/0.33  0.95/0.33  0.85/0.00  0.62/0.00  0.98/0.67
+=============  ====  ======  =========  =========  =========  =========  =========  =========
+
+Brightness +20%: dwtDctSvd 0.61 (256) / 0.94 (512) bit accuracy, never found; rivaGan 0.99
+/ 0.98, found 0.67. No method reported a wrong payload as found, nor found a mark in
+unmarked images.
+
+* ``dwtDctSvd`` is the default: exact recovery after JPEG q90/q75 and a 50% downscale
+  (the reader tries a few rescale factors, see `Watermarker.extract`), PSNR 41.5 dB, and
+  20-90 ms per image on CPU. It does not survive a crop (the bit-to-block layout depends
+  on the image width and origin) nor a +20% brightness change (the bits ride on the
+  quantised chroma-U level): documented limits. C2PA is the strong binding; the watermark
+  is the fallback when metadata is stripped or the file is re-encoded or resized.
+* ``rivaGan`` (the ONNX encoder/decoder shipped inside the package; needs ``onnxruntime``)
+  is the one that survives crops and brightness changes, but it is 20-30x slower
+  (0.5-2 s per embed, 0.3-1.1 s per read on CPU), fixed at 32 bits, and less reliable
+  before any edit: 0.67 found at 512x512 here, and 0.6-0.9 bit accuracy on smooth,
+  lightly textured images in an earlier measurement (diffusion outputs are often smooth).
+  It is available as ``Watermarker("rivaGan")`` for operators who value crop robustness
+  over latency, e.g. on GPU hosts.
 
 Two defects of ``invisible-watermark==0.2.0`` are worked around here:
 
@@ -29,18 +41,21 @@ Two defects of ``invisible-watermark==0.2.0`` are worked around here:
 * ``RivaWatermark.decode`` thresholds the decoder's *logits* at 0.52 instead
   of 0; we run the shipped ONNX decoder ourselves and threshold at 0.
 
-Payload: the first ``payload_bits`` bits of ``sha256(artifact_id)``, as hex
-(32 bits = 8 hex digits by default). A caller maps it back to an artifact
-through a lookup (see `serve.provenance.ProvenanceService`).
+Payload: an id part, the first 32 bits of ``sha256(artifact_id)`` (`Watermarker.payload_for`,
+8 hex digits), followed by 16 check bits (a hash of the id part): 48 bits embedded for
+dwtDctSvd. (rivaGan's 32 bits hold 24 id + 8 check bits.) A caller maps the id part back to
+an artifact through a lookup (see `serve.provenance.ProvenanceService`).
 
-Detection: dwtDctSvd spreads every bit over many blocks; each block votes.
-``confidence`` is the mean per-bit majority margin ``|2 * mean(votes) - 1|``.
-For an unmarked image the votes behave like coin flips, so the margin has a
-known mean and spread for ``n`` votes per bit (binomial); the watermark
-counts as *found* when the margin exceeds that mean by 6 standard errors and
-the decoded payload is not degenerate (all zeros or all ones, which flat
-images produce). A resolver match is the stronger signal: see
-`serve.provenance.ProvenanceService.verify`.
+Detection: a read counts as *found* only when the check bits match the id bits, the
+vote confidence clears a binomial 6-sigma threshold and the bits are not all equal.
+Measured on the bench images, a confidence threshold alone is not enough: crops,
+brightness changes and wrong-scale reads of marked images give structured votes with
+"confident" but wrong payloads. With the check bits no wrong payload was reported as found
+in any bench case (a random read passes 16 check bits with probability 2**-16).
+The trade-off: a read with even one wrong bit is "not found" (JPEG q50 reads 83-93% of
+the bits, so it is not found at 48 bits, while 32 bits (24 id + 8 check) found 25-58% of
+q50 cases). 32 id bits are kept because 24-bit ids collide too often for a lookup
+(about 30k colliding pairs among a million artifacts).
 
 Small images: imwatermark refuses images under 256x256 pixels (area). Here an
 image whose area is below that is upscaled (bicubic) to a deterministic work
@@ -53,7 +68,7 @@ size.
 
 Usage::
 
-    wm = Watermarker()                       # dwtDctSvd, 32 bits
+    wm = Watermarker()                       # dwtDctSvd, 48 bits: 32 id + 16 check
     payload = wm.payload_for("job-123/0")
     marked, result = wm.embed(rgb_uint8, payload)
     reading = wm.extract(marked)             # reading.payload_hex == payload
@@ -69,7 +84,7 @@ from functools import lru_cache
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 logger = logging.getLogger(__name__)
 
@@ -113,11 +128,13 @@ class WatermarkReading(BaseModel):
     Attributes:
         found: whether a watermark of this method is judged present.
         method: the method the reader used.
-        payload_hex: the decoded payload (hex); present even when ``found`` is False.
+        payload_hex: the decoded id part (hex); present even when ``found`` is False, when it
+            is only a best guess (an exact lookup hit on it is still evidence: a chance hit
+            has probability ``artifacts / 2**id_bits``).
         confidence: mean per-bit vote margin in [0, 1] (1 = every vote agrees).
         threshold: the confidence needed to call it found for this image size.
         scale: the rescale factor of the read that won the search (1.0 = as given).
-        reason: why nothing was read (e.g. image too small).
+        reason: why it is not found (image too small, check bits mismatch, ...).
     """
 
     found: bool
@@ -174,7 +191,7 @@ def work_size(height: int, width: int) -> tuple[int, int]:
 def _unmarked_margin_stats(n_votes: int) -> tuple[float, float]:
     """Mean and standard deviation of ``|2B/n - 1|`` for ``B ~ Binomial(n, 1/2)``."""
     n = max(1, n_votes)
-    if n > 400:  # normal approximation; the exact sum underflows nothing but is slow
+    if n > 400:  # normal approximation; the exact binomial sum gets slow and 2**n overflows floats
         mean = math.sqrt(2.0 / (math.pi * n))
     else:
         mean = sum(math.comb(n, k) * abs(2 * k / n - 1) for k in range(n + 1)) / 2.0**n
@@ -183,7 +200,11 @@ def _unmarked_margin_stats(n_votes: int) -> tuple[float, float]:
 
 
 def detection_threshold(n_votes: int, n_bits: int) -> float:
-    """Confidence an unmarked image reaches with odds of about 1e-9 (6 sigma)."""
+    """Vote confidence 6 standard errors above what an unmarked image gives (coin-flip votes).
+
+    A necessary condition only: edited marked images give structured votes that can pass
+    it with a wrong payload, which is why the check bits decide (see module doc).
+    """
     mean, sd = _unmarked_margin_stats(n_votes)
     return mean + DETECTION_SIGMAS * sd / math.sqrt(n_bits)
 
@@ -210,19 +231,28 @@ def _fixed_dwt_dct_svd_cls():
                 yuv[: row // 4 * 4, : col // 4 * 4, channel] = np.clip(np.rint(rebuilt), 0, 255)
             return cv2.cvtColor(yuv, cv2.COLOR_YUV2BGR)
 
-        def vote_scores(self, bgr) -> list[list[int]]:
-            """Per-bit lists of block votes (0/1), as `decode` averages them."""
-            row, col, _ = bgr.shape
-            yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)
-            scores: list[list[int]] = [[] for _ in range(self._wmLen)]
-            for channel in range(2):
-                if self._scales[channel] <= 0:
-                    continue
-                ca1, _ = pywt.dwt2(yuv[: row // 4 * 4, : col // 4 * 4, channel], "haar")
-                scores = self.decode_frame(ca1, self._scales[channel], scores)
-            return scores
-
     return _FixedDwtDctSvd
+
+
+def _dwt_block_s0(bgr: np.ndarray, block: int = 4) -> np.ndarray:
+    """Largest singular value of every ``block``x``block`` tile of the U channel's Haar LL band.
+
+    Row-major tile order, exactly the quantity imwatermark's ``EmbedDwtDctSvd.decode`` reads:
+    it takes ``svd(dct(tile))[1][0]``, and since the 2-D DCT is orthonormal the singular values
+    of ``dct(tile)`` equal those of ``tile``. Batched here (about 15x faster than its loop);
+    a unit test checks the votes match imwatermark's decoder.
+    """
+    import cv2
+    import pywt
+
+    row, col = bgr.shape[:2]
+    yuv = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV)
+    ca1, _ = pywt.dwt2(yuv[: row // 4 * 4, : col // 4 * 4, 1], "haar")
+    r, c = ca1.shape[0] // block, ca1.shape[1] // block
+    if r == 0 or c == 0:
+        return np.zeros(0)
+    tiles = ca1[: r * block, : c * block].reshape(r, block, c, block).transpose(0, 2, 1, 3).reshape(-1, block, block)
+    return np.linalg.svd(tiles, compute_uv=False)[:, 0]
 
 
 _riva_lock = threading.Lock()
@@ -276,43 +306,50 @@ def _to_rgb_uint8(image) -> np.ndarray:
 
 
 class Watermarker:
-    """Embeds and reads a short payload as an invisible watermark.
+    """Embeds and reads a short artifact key as an invisible watermark.
 
-    Construct with the method (``"dwtDctSvd"`` default, or ``"rivaGan"``) and the
-    payload size. Pixels in and out are RGB ``uint8`` arrays (HxWx3); a PIL image
-    is accepted too. Tests construct it directly; the provenance service owns one.
+    Construct with the method (``"dwtDctSvd"`` default, or ``"rivaGan"``) and the embedded
+    size. The embedded bits are an id part (what `payload_for` returns and a resolver looks
+    up) followed by check bits (a hash of the id part): a read counts as *found* only when
+    the check bits match, so a damaged or misaligned read never points at a wrong artifact.
+    Pixels in and out are RGB ``uint8`` arrays (HxWx3); a PIL image is accepted too.
 
     Args:
         method (`str`, *optional*, defaults to ``"dwtDctSvd"``): the imwatermark method.
-        payload_bits (`int`, *optional*, defaults to 32): payload size, a multiple of 8
-            between 16 and 64 for dwtDctSvd; rivaGan supports 32 only.
-        self_check (`bool`, *optional*, defaults to True): read the marked pixels back
-            after embedding and report the bit accuracy.
-        search (`bool`, *optional*, defaults to True): when the straight read is not
-            confident, also try a few rescale factors (finds the mark after a resize).
+        payload_bits (`int`, *optional*): bits embedded in total, a multiple of 8 in [24, 64];
+            defaults to 48 (32 id + 16 check) for dwtDctSvd and 32 (24 id + 8 check) for
+            rivaGan, which carries exactly 32.
+        self_check (`bool`, *optional*, defaults to True): read the marked pixels back after
+            embedding and report the bit accuracy.
+        search (`bool`, *optional*, defaults to True): when the straight read is not found,
+            also try `SEARCH_SCALES` (finds the mark after a resize).
 
     Raises:
-        WatermarkError: for an unknown method or unsupported payload size.
+        WatermarkError: for an unknown method or unsupported size.
     """
 
-    #: rescale factors tried by `extract` when the straight read is not confident.
+    #: rescale factors tried by `extract` when the straight read is not found.
     SEARCH_SCALES: tuple[float, ...] = (2.0, 1.5, 4.0 / 3.0, 0.5, 0.75)
 
     def __init__(
         self,
         method: str = "dwtDctSvd",
-        payload_bits: int = 32,
+        payload_bits: int | None = None,
         self_check: bool = True,
         search: bool = True,
     ):
         if method not in WATERMARK_METHODS:
             raise WatermarkError(f"unknown watermark method {method!r}; choose one of {list(WATERMARK_METHODS)}")
+        if payload_bits is None:
+            payload_bits = 32 if method == "rivaGan" else 48
         if method == "rivaGan" and payload_bits != 32:
             raise WatermarkError(f"rivaGan carries exactly 32 bits, not {payload_bits}")
-        if payload_bits % 8 or not 16 <= payload_bits <= 64:
-            raise WatermarkError(f"payload_bits must be a multiple of 8 in [16, 64], got {payload_bits}")
+        if payload_bits % 8 or not 24 <= payload_bits <= 64:
+            raise WatermarkError(f"payload_bits must be a multiple of 8 in [24, 64], got {payload_bits}")
         self.method = method
         self.payload_bits = payload_bits
+        self.check_bits = 16 if payload_bits >= 48 else 8
+        self.id_bits = payload_bits - self.check_bits
         self.self_check = self_check
         self.search = search
         self._dwt_cls = None
@@ -320,26 +357,35 @@ class Watermarker:
     # -- payload ---------------------------------------------------------------------------
 
     def payload_for(self, artifact_id: str) -> str:
-        """The watermark payload (hex) for an artifact id: a prefix of its sha256.
+        """The id part of the watermark for an artifact: a sha256 prefix, as hex.
 
-        Never all-zero or all-one bits (those are what flat images decode to).
+        ``id_bits / 4`` hex digits (8 for both default configurations). Never all-zero or
+        all-one bits (what flat images decode to).
         """
+        n = self.id_bits // 8
         digest = hashlib.sha256(artifact_id.encode("utf-8")).digest()
-        n_bytes = self.payload_bits // 8
         salt = 0
-        while digest[:n_bytes] in (b"\x00" * n_bytes, b"\xff" * n_bytes):
+        while digest[:n] in (b"\x00" * n, b"\xff" * n):
             salt += 1
             digest = hashlib.sha256(f"{artifact_id}#{salt}".encode()).digest()
-        return digest[:n_bytes].hex()
+        return digest[:n].hex()
+
+    def _check_for(self, id_bytes: bytes) -> bytes:
+        return hashlib.sha256(b"genserve-watermark-check:" + id_bytes).digest()[: self.check_bits // 8]
+
+    def _embedded_bits(self, payload_hex: str) -> np.ndarray:
+        id_bits = hex_to_payload_bits(payload_hex, self.id_bits)
+        check = np.unpackbits(np.frombuffer(self._check_for(bytes.fromhex(payload_hex)), dtype=np.uint8))
+        return np.concatenate([id_bits, check])
 
     # -- embed -----------------------------------------------------------------------------
 
     def embed(self, image, payload_hex: str) -> tuple[np.ndarray, WatermarkResult]:
-        """Marks ``image`` with ``payload_hex``.
+        """Marks ``image`` with ``payload_hex`` (plus its check bits).
 
         Args:
             image (`np.ndarray` or `PIL.Image.Image`): RGB pixels.
-            payload_hex (`str`): ``payload_bits / 4`` hex digits, e.g. from `payload_for`.
+            payload_hex (`str`): ``id_bits / 4`` hex digits, e.g. from `payload_for`.
 
         Returns:
             The marked RGB uint8 array (the input unchanged when not applied) and a
@@ -352,7 +398,7 @@ class Watermarker:
         import cv2
 
         rgb = _to_rgb_uint8(image)
-        bits = hex_to_payload_bits(payload_hex, self.payload_bits)
+        bits = self._embedded_bits(payload_hex)
         h, w = rgb.shape[:2]
         if min(h, w) < MIN_SIDE:
             reason = f"image {w}x{h} is under the {MIN_SIDE}px minimum side; not watermarked"
@@ -362,32 +408,27 @@ class Watermarker:
         wh, ww = work_size(h, w)
         reason = None
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        work = bgr if (wh, ww) == (h, w) else cv2.resize(bgr, (ww, wh), interpolation=cv2.INTER_CUBIC)
         if (wh, ww) != (h, w):
             reason = f"image {w}x{h} is under {MIN_AREA} px area; embedded at {ww}x{wh} and scaled back"
-
-        marked_work = self._embed_bgr(work, bits)
-        if (wh, ww) != (h, w):
-            marked_bgr = cv2.resize(marked_work, (w, h), interpolation=cv2.INTER_AREA)
+            work = cv2.resize(bgr, (ww, wh), interpolation=cv2.INTER_CUBIC)
+            marked_bgr = cv2.resize(self._embed_bgr(work, bits), (w, h), interpolation=cv2.INTER_AREA)
         else:
-            marked_bgr = marked_work
+            marked_bgr = self._embed_bgr(bgr, bits)
         marked = cv2.cvtColor(marked_bgr, cv2.COLOR_BGR2RGB)
 
         acc = None
         if self.self_check:
-            reading = self._read_at(marked, 1.0)
-            got = hex_to_payload_bits(reading.payload_hex, self.payload_bits) if reading.payload_hex else None
+            got = self._read_bits(marked, 1.0)[0]
             acc = float(np.mean(got == bits)) if got is not None else 0.0
             if acc < 1.0:
                 logger.warning("watermark self check read %.3f of the bits back (%s)", acc, self.method)
-        psnr = float(cv2.PSNR(rgb, marked))
         return marked, WatermarkResult(
             applied=True,
             method=self.method,
             payload_hex=payload_hex,
             reason=reason,
             self_check_bit_accuracy=acc,
-            psnr_db=round(psnr, 2),
+            psnr_db=round(float(cv2.PSNR(rgb, marked)), 2),
         )
 
     def _embed_bgr(self, bgr: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -411,9 +452,9 @@ class Watermarker:
     def extract(self, image) -> WatermarkReading:
         """Reads the watermark from ``image``.
 
-        Tries the image as given (through the same small-image work size as `embed`);
-        if that is not confident and ``search`` is on, tries `SEARCH_SCALES` and keeps
-        the most confident read.
+        Reads the image as given (through the same small-image work size as `embed`); if that
+        is not found and ``search`` is on, tries `SEARCH_SCALES` and returns the first found
+        read, else the most confident one.
 
         Args:
             image (`np.ndarray` or `PIL.Image.Image`): RGB pixels.
@@ -437,12 +478,18 @@ class Watermarker:
                 continue
             reading = self._read_at(rgb, s)
             if reading.found:
-                return reading  # first confident read wins; later scales cost time
-            if _margin(reading) > _margin(best):
+                return reading
+            if reading.confidence > best.confidence:
                 best = reading
         return best
 
-    def _read_at(self, rgb: np.ndarray, scale: float) -> WatermarkReading:
+    def bit_accuracy(self, image, payload_hex: str, scale: float = 1.0) -> float:
+        """Share of the embedded bits (id + check) read back correctly at ``scale`` (for benchmarks)."""
+        got = self._read_bits(_to_rgb_uint8(image), scale)[0]
+        return 0.0 if got is None else float(np.mean(got == self._embedded_bits(payload_hex)))
+
+    def _read_bits(self, rgb: np.ndarray, scale: float) -> tuple[np.ndarray | None, float, float]:
+        """(bits, confidence, threshold) read at ``scale``; bits is None when nothing can be read."""
         import cv2
 
         h, w = rgb.shape[:2]
@@ -455,34 +502,43 @@ class Watermarker:
         if (wh, ww) != (h, w):
             bgr = cv2.resize(bgr, (ww, wh), interpolation=cv2.INTER_CUBIC)
         if self.method == "dwtDctSvd":
-            votes = self._dwt()([], wmLen=self.payload_bits, scales=[0, DWT_SCALE, 0], block=4).vote_scores(bgr)
-            n_votes = min(len(v) for v in votes)
+            s0 = _dwt_block_s0(bgr)
+            n_votes = len(s0) // self.payload_bits
             if n_votes == 0:
-                return WatermarkReading(found=False, method=self.method, scale=scale, reason="no blocks to read")
-            means = np.array([np.mean(v) for v in votes])
-            bits = (means > 0.5).astype(np.uint8)
+                return None, 0.0, 1.0
+            votes = (np.mod(s0, DWT_SCALE) > DWT_SCALE * 0.5).astype(np.float64)
+            bit_of = np.arange(len(s0)) % self.payload_bits
+            means = np.bincount(bit_of, weights=votes, minlength=self.payload_bits) / np.bincount(
+                bit_of, minlength=self.payload_bits
+            )
             confidence = float(np.mean(np.abs(2 * means - 1)))
-            threshold = detection_threshold(n_votes, self.payload_bits)
-        else:
-            frame = (bgr.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None, :, None]
-            logits = _riva_session("decoder").run(None, {"frame": frame})[0][0]
-            bits = (logits > 0).astype(np.uint8)
-            confidence = float(np.mean(np.abs(np.tanh(logits / 2.0))))  # |2*sigmoid - 1|
-            # NOTE: rivaGan logits of unmarked images are not coin flips; no calibrated
-            # threshold exists, so only a resolver match can confirm a rivaGan read.
-            threshold = 0.9
+            return (means > 0.5).astype(np.uint8), confidence, detection_threshold(n_votes, self.payload_bits)
+        frame = (bgr.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None, :, None]
+        logits = _riva_session("decoder").run(None, {"frame": frame})[0][0]
+        confidence = float(np.mean(np.abs(np.tanh(logits / 2.0))))  # |2*sigmoid - 1|
+        # NOTE: rivaGan logits of unmarked images are not coin flips; no calibrated confidence
+        # threshold exists, so the check bits alone decide.
+        return (logits > 0).astype(np.uint8), confidence, 0.0
+
+    def _read_at(self, rgb: np.ndarray, scale: float) -> WatermarkReading:
+        bits, confidence, threshold = self._read_bits(rgb, scale)
+        if bits is None:
+            return WatermarkReading(found=False, method=self.method, scale=scale, reason="no blocks to read")
+        id_bytes = np.packbits(bits[: self.id_bits]).tobytes()
+        check_ok = np.packbits(bits[self.id_bits :]).tobytes() == self._check_for(id_bytes)
         degenerate = bool(bits.min() == bits.max())
-        found = confidence >= threshold and not degenerate
+        found = check_ok and confidence >= threshold and not degenerate
+        reason = None
+        if not found:
+            reason = "degenerate payload (flat image)" if degenerate else (
+                "check bits do not match" if not check_ok else "below the confidence threshold"
+            )
         return WatermarkReading(
             found=found,
             method=self.method,
-            payload_hex=payload_bits_to_hex(bits),
+            payload_hex=id_bytes.hex(),
             confidence=round(confidence, 4),
             threshold=round(threshold, 4),
             scale=scale,
-            reason="degenerate payload (flat image)" if degenerate else None,
+            reason=reason,
         )
-
-
-def _margin(reading: WatermarkReading) -> float:
-    return reading.confidence - (reading.threshold if reading.threshold is not None else 1.0)

@@ -198,6 +198,8 @@ async def upload_image(
             service.inputs.save_upload, data, image.filename or "upload.png", subfolder=subfolder,
             overwrite=overwrite.lower() in ("true", "1"),
         )
+        await asyncio.to_thread(service.artifacts.record_upload, data, name, sub,
+                                request.headers.get("x-genserve-user"))
     except UnsafePathError as exc:
         raise HTTPException(status_code=400, detail=f"unsafe path: {exc}")
     except InvalidUploadError as exc:
@@ -208,17 +210,16 @@ async def upload_image(
 @router.get("/view")
 def view(service: ServiceDep, filename: str = Query(..., min_length=1), subfolder: str = "", type: str = "output",  # noqa: A002
          preview: str | None = None, channel: str | None = None) -> Response:
+    if type not in ("output", "temp", "input"):
+        raise HTTPException(status_code=400, detail="type must be output, temp or input")
     try:
-        if type == "input":
-            path = service.inputs.path(filename, subfolder)
-        else:
-            path = service.outputs.path(filename, subfolder, type)
+        data, media = service.artifacts.read(kind=type, filename=filename, subfolder=subfolder)
     except UnsafePathError as exc:
         raise HTTPException(status_code=400, detail=f"unsafe path: {exc}")
-    if not path.is_file():
-        raise HTTPException(status_code=404, detail=f"{type}/{subfolder + '/' if subfolder else ''}{filename} not found")
-    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media, headers={"Content-Disposition": f'filename="{path.name}"'})
+    except FileNotFoundError as exc:
+        raise HTTPException(status_code=404, detail=str(exc))
+    safe_name = filename.replace('"', "").rsplit("/", 1)[-1]
+    return Response(content=data, media_type=media, headers={"Content-Disposition": f'filename="{safe_name}"'})
 
 
 @router.websocket("/ws")

@@ -18,6 +18,21 @@ from serve.stores.files import UnsafePathError
 router = APIRouter(prefix="/v1", tags=["native"])
 
 
+def apply_overrides(workflow: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Copy of ``workflow`` with ``{node_id: {input: value}}`` applied; unknown nodes are a 400."""
+    if not overrides:
+        return workflow
+    import copy
+
+    out = copy.deepcopy(workflow)
+    for node_id, inputs in overrides.items():
+        node = out.get(node_id)
+        if not isinstance(node, dict):
+            raise HTTPException(status_code=400, detail=f"override names node {node_id!r}, which the workflow does not have")
+        node.setdefault("inputs", {}).update(inputs)
+    return out
+
+
 def _images(service: Any, outputs: dict[str, Any], include_data: bool) -> list[ImageRef]:
     refs: list[ImageRef] = []
     for node_out in outputs.values():
@@ -26,11 +41,13 @@ def _images(service: Any, outputs: dict[str, Any], include_data: bool) -> list[I
             data = None
             if include_data:
                 try:
-                    path = service.outputs.path(img["filename"], img.get("subfolder", ""), img.get("type", "output"))
-                    data = base64.b64encode(path.read_bytes()).decode()
+                    raw, _ = service.artifacts.read(kind=img.get("type", "output"), filename=img["filename"],
+                                                    subfolder=img.get("subfolder", ""))
+                    data = base64.b64encode(raw).decode()
                 except (UnsafePathError, FileNotFoundError):
                     data = None
-            refs.append(ImageRef(filename=img["filename"], subfolder=img.get("subfolder", ""), type=img.get("type", "output"),
+            art = service.records.by_name(kind=img.get("type", "output"), subfolder=img.get("subfolder", ""), filename=img["filename"])
+            refs.append(ImageRef(artifact_id=art.id if art else None, filename=img["filename"], subfolder=img.get("subfolder", ""), type=img.get("type", "output"),
                                  url=f"/view?{query}", data_base64=data))
     return refs
 
@@ -39,9 +56,15 @@ def _images(service: Any, outputs: dict[str, Any], include_data: bool) -> list[I
              responses={400: {"description": "ComfyUI error body"}, 504: {"description": "still running"}})
 async def run_workflow(body: WorkflowRunRequest, request: Request, service: ServiceDep) -> Any:
     """Run a workflow synchronously and return its images (the job is queued like any prompt)."""
+    workflow, ref = body.workflow, None
+    if body.workflow_ref is not None:
+        version = service.resolve_workflow_ref(body.workflow_ref)
+        workflow, ref = version.workflow, version.ref
+    workflow = apply_overrides(workflow, body.overrides)
     try:
-        job, _ = await asyncio.to_thread(service.submit, body.workflow, client_id=body.client_id,
-                                         submitted_by=request.headers.get("x-genserve-user"))
+        job, _ = await asyncio.to_thread(service.submit, workflow, client_id=body.client_id,
+                                         submitted_by=request.headers.get("x-genserve-user"),
+                                         extra_data={"workflow_ref": ref} if ref else None)
     except SubmitError as exc:
         return JSONResponse(status_code=400, content=exc.body)
     finished = await service.wait(job.prompt_id, body.timeout_s)
@@ -51,7 +74,7 @@ async def run_workflow(body: WorkflowRunRequest, request: Request, service: Serv
     cached = next((m[1].get("nodes", []) for m in finished.messages if m[0] == "execution_cached"), [])
     duration = (finished.finished_at - finished.started_at) if finished.finished_at and finished.started_at else None
     resp = WorkflowRunResponse(
-        prompt_id=finished.prompt_id, status=finished.status, outputs=finished.outputs,
+        prompt_id=finished.prompt_id, status=finished.status, workflow_ref=ref, outputs=finished.outputs,
         images=await asyncio.to_thread(_images, service, finished.outputs, body.include_data),
         cached_nodes=cached, error=finished.error, duration_s=duration,
     )

@@ -50,8 +50,8 @@ def run_inprocess(service, wf) -> np.ndarray:
                            inputs=service.inputs)
     out = asyncio.run(service.executor.execute(parsed, result.output_node_ids, ctx))
     img = out.outputs["9"]["images"][0]
-    path = service.outputs.path(img["filename"], img["subfolder"], img["type"])
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+    data, _ = service.artifacts.read(kind=img["type"], filename=img["filename"], subfolder=img["subfolder"])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
 def test_build_app_returns_application_with_named_stages(demo_models_dir):

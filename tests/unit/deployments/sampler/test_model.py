@@ -127,6 +127,14 @@ def test_cfg_one_skips_the_uncond_row(model):
     assert list(model.unet_calls) == [3] * 4
 
 
+def test_cfg_combines_x0_predictions_linearly(model):
+    # One euler step from sigma_max to 0 returns the guided x0 itself:
+    # x0(cfg) = uncond + cfg * (cond - uncond), affine in cfg, and cfg=1 (no uncond row) is cond.
+    out = {c: model.sample(make_request(seed=3, steps=1, cfg=c)).latents for c in (1.0, 2.0, 3.0)}
+    assert np.allclose(out[3.0] - out[1.0], 2 * (out[2.0] - out[1.0]), atol=1e-4)
+    assert not np.allclose(out[2.0], out[1.0], atol=1e-3)
+
+
 def test_incompatible_requests_get_their_own_forward_on_the_same_tick(model):
     requests = [
         make_request(seed=1),
@@ -212,13 +220,22 @@ def test_ancestral_sampling_depends_on_seed_only_and_not_on_global_rng(model):
 
 def test_lower_denoise_keeps_more_of_the_input(model):
     rng = np.random.default_rng(3)
-    source = (rng.standard_normal((1, 4, 8, 8)) * 5.0).astype(np.float32)  # unscaled VAE-like latent
+    source = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)  # a VAE latent in UNet space
     distance = {}
     for denoise in (0.2, 0.5, 0.9):
         out = model.sample(make_request(seed=4, latent=source, denoise=denoise, steps=5, cfg=2.0))
         assert out.steps_run == 5
         distance[denoise] = float(np.abs(out.latents - source).mean())
     assert distance[0.2] < distance[0.5] < distance[0.9]
+
+
+def test_latent_scale_factor_maps_comfyui_unscaled_latents(loader):
+    scaled = SamplerModel(SamplerConfig(), loader)
+    comfy = SamplerModel(SamplerConfig(latent_scale_factor=0.18215), loader)
+    source = np.random.default_rng(4).standard_normal((1, 4, 8, 8)).astype(np.float32)
+    a = scaled.sample(make_request(seed=2, latent=source, denoise=0.6))
+    b = comfy.sample(make_request(seed=2, latent=source / 0.18215, denoise=0.6))
+    assert np.allclose(b.latents * 0.18215, a.latents, atol=1e-4)
 
 
 def test_zero_denoise_returns_the_input_without_a_unet_call(model):
@@ -315,6 +332,8 @@ def test_invalid_requests_fail_before_any_work(model):
         model.sample(make_request(scheduler="nope"))
     with pytest.raises(ValueError, match="latent"):
         model.sample(make_request(latent=np.zeros((4, 8, 8), np.float32)))
+    with pytest.raises(ValueError, match="3 channels"):
+        model.sample(make_request(shape=(1, 3, 8, 8)))
     assert list(model.unet_calls) == []
 
 
