@@ -40,6 +40,11 @@ class InProcessSampler:
                     await maybe
             elif isinstance(event, SamplerOutput):
                 result = event
+                # The sampler reports its last step as the output itself; ComfyUI clients expect value == max.
+                if progress is not None and event.steps_run:
+                    maybe = progress(event.steps_run, event.steps_run)
+                    if asyncio.iscoroutine(maybe):
+                        await maybe
             elif event is not None and type(event).__name__ == "SamplerCancelled":
                 raise ExecutionInterrupted()
         if result is None:

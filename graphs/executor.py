@@ -204,7 +204,8 @@ class Executor:
             require(out)
         cached_list = [n for n in needed if n in required and n in cached_now]
         to_run = [n for n in needed if n in required and n not in cached_now]
-        await ctx.send("execution_cached", {"nodes": cached_list, "timestamp": _now_ms()})
+        # Like ComfyUI, report every cached node of the prompt, even ones whose value is not needed.
+        await ctx.send("execution_cached", {"nodes": [n for n in needed if n in cached_now], "timestamp": _now_ms()})
 
         values: dict[str, tuple[Any, ...]] = {}
         outputs: dict[str, dict[str, Any]] = {}

@@ -81,6 +81,11 @@ class ServeSampler:
                             await maybe
                 elif isinstance(event, SamplerOutput):
                     result = event
+                    # The sampler reports its last step as the output itself; ComfyUI clients expect value == max.
+                    if progress is not None and event.steps_run:
+                        maybe = progress(event.steps_run, event.steps_run)
+                        if asyncio.iscoroutine(maybe):
+                            await maybe
         except Exception as exc:
             if cancel is not None and cancel.cancelled:
                 raise ExecutionInterrupted() from exc

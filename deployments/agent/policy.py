@@ -171,6 +171,8 @@ REACT_INSTRUCTIONS = """\
 You solve the task step by step. At each step reply with exactly one JSON object and nothing else:
 {{"thought": "<your reasoning>", "action": "<one tool name or final_answer>", "action_input": {{<arguments>}}}}
 To finish, use "action": "final_answer" with "action_input": {{"answer": "<your answer>"}}.
+Keep the thought to one short sentence. Never compute in your head what a tool can compute.
+Example: {{"thought": "I need a product.", "action": "calculator", "action_input": {{"expression": "12 * 3"}}}}
 
 Tools (name@version: description; JSON schema of action_input):
 {tools}

@@ -285,7 +285,7 @@ class ToolRegistry:
 
 #: Longest ``thought`` a constrained decoder may write: small models otherwise ramble inside the
 #: string until ``max_tokens`` cuts the JSON (seen with SmolLM2-135M).
-MAX_THOUGHT_CHARS = 300
+MAX_THOUGHT_CHARS = 160
 
 
 def action_json_schema(tool_specs: list[dict[str, Any]], *, max_thought_chars: int = MAX_THOUGHT_CHARS) -> dict[str, Any]:
