@@ -205,8 +205,8 @@ def _wait_healthy(url: str, timeout_s: float) -> bool:
     return False
 
 
-def _start_ray_head(num_cpus: float, dashboard_port: int, resources: str | None) -> None:
-    cmd = [_ray_bin(), "start", "--head", f"--num-cpus={int(num_cpus)}", "--dashboard-host=127.0.0.1",
+def _start_ray_head(num_cpus: float, dashboard_port: int, resources: str | None, ray_port: int = 6379) -> None:
+    cmd = [_ray_bin(), "start", "--head", f"--port={ray_port}", f"--num-cpus={int(num_cpus)}", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dashboard_port}", "--disable-usage-stats", "--include-dashboard=true"]
     if resources:
         cmd.append(f"--resources={resources}")
@@ -230,6 +230,7 @@ def up(
     address: Optional[str] = typer.Option(None, envvar="GENSERVE_RAY_ADDRESS", help="Join this Ray cluster instead of starting one."),
     num_cpus: float = typer.Option(2, envvar="GENSERVE_NUM_CPUS", help="CPUs of the Ray head started here."),
     dashboard_port: int = typer.Option(8265, help="Ray dashboard port."),
+    ray_port: int = typer.Option(6379, help="GCS port of the Ray head started here."),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, help="Serve config YAML (e.g. cluster/serve.cpu.yaml)."),
     models_dir: Path = typer.Option(Path("models"), envvar="GENSERVE_MODELS_DIR"),
     data_dir: Path = typer.Option(Path("data"), envvar="GENSERVE_DATA_DIR"),
@@ -242,7 +243,7 @@ def up(
     from ray import serve
 
     if address is None and not _ray_running():
-        _start_ray_head(num_cpus, dashboard_port, os.environ.get("GENSERVE_RAY_RESOURCES"))
+        _start_ray_head(num_cpus, dashboard_port, os.environ.get("GENSERVE_RAY_RESOURCES"), ray_port)
     ray.init(address=address or "auto", namespace="serve", log_to_driver=False)
     serve.start(http_options={"host": host, "port": port}, detached=True)
     if config is not None:

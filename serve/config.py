@@ -78,6 +78,8 @@ class AppArgs(BaseModel):
     provenance: bool = Field(True, description="Watermark and C2PA-sign every output (turn off only for benchmarks).")
     watermark_method: str | None = Field("dwtDctSvd", description="Invisible watermark method (dwtDctSvd or rivaGan); None disables it.")
     trust_development_ca: bool = Field(False, description="Report images signed by the local development CA as trusted.")
+    training_mining: dict[str, str] | None = Field(
+        None, description="CAWG training/mining assertion entries, e.g. {'cawg.ai_generative_training': 'notAllowed'}.")
 
     @model_validator(mode="after")
     def _check(self) -> "AppArgs":

@@ -35,7 +35,7 @@ def build_provenance(args: AppArgs) -> Any:
     from serve.provenance import ProvenanceService
 
     return ProvenanceService(args.data_dir, watermark_method=args.watermark_method,
-                             trust_development_ca=args.trust_development_ca)
+                             trust_development_ca=args.trust_development_ca, training_mining=args.training_mining)
 
 
 class SubmitError(Exception):

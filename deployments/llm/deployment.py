@@ -27,21 +27,17 @@ from __future__ import annotations
 import logging
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI
 from ray import serve
 
 from deployments.common.runtime import configure_torch_threads
 from deployments.llm.engines import ChatRequest, ChatResult, TextDelta
-from deployments.llm.openai_routes import get_chat_backend, router
+from deployments.llm.openai_routes import create_openai_app
 
 logger = logging.getLogger("ray.serve")
 
-app = FastAPI(title="genserve LLM (OpenAI-compatible)")
-app.include_router(router)
-
 
 @serve.deployment(name="LLM")
-@serve.ingress(app)
+@serve.ingress()
 class LLMDeployment:
     """Serves one :class:`~deployments.llm.model.LLMModel`.
 
@@ -58,7 +54,7 @@ class LLMDeployment:
         configure_torch_threads(self.config.torch_threads, 1)
         self.model = LLMModel(self.config)
         self.model_id = self.model.model_id
-        app.dependency_overrides[get_chat_backend] = lambda: self
+        self._stats = {"batches": 0, "batched_requests": 0, "largest_batch": 0}
         self._m_tokens = Counter("genserve_llm_tokens_total", description="LLM tokens processed", tag_keys=("direction", "model"))
         self._m_requests = Counter("genserve_llm_requests_total", description="LLM answers", tag_keys=("finish_reason", "model"))
         self._m_ttft = Histogram(
@@ -77,6 +73,11 @@ class LLMDeployment:
             "genserve_llm_batch_size", description="Requests per LLM engine batch", boundaries=[1, 2, 4, 8, 16, 32]
         )
         logger.info("LLM %s ready (engine=%s)", self.model_id, self.config.engine)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        # NOTE: built per replica, after __init__, so the routes' backend is this replica
+        # (an app passed to @serve.ingress(app) is frozen at import and could not see it).
+        return create_openai_app(self)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Applies ``user_config``: ``max_batch_size``, ``batch_wait_timeout_s``, ``torch_threads``."""
@@ -133,6 +134,10 @@ class LLMDeployment:
         """Model id and engine (for ``GET /v1/models`` behind a handle)."""
         return self.model.info()
 
+    def stats(self) -> dict[str, int]:
+        """Batching counters of this replica: engine batches run, requests in them, the largest batch."""
+        return dict(self._stats)
+
     def check_health(self) -> None:
         """Serve's health check: the model is loaded."""
         if self.model is None:
@@ -142,15 +147,21 @@ class LLMDeployment:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def _chat_batched(self, requests: list[ChatRequest]) -> list[ChatResult]:
-        self._m_batch.observe(len(requests))
+        self._observe_batch(len(requests))
         return await self.model.chat_batch(requests)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
     async def _stream_batched(self, requests: list[ChatRequest]) -> AsyncIterator[list[Any]]:
-        self._m_batch.observe(len(requests))
+        self._observe_batch(len(requests))
         async for step in self.model.stream_batch(requests):
             # NOTE: StopIteration in a slot ends that caller's stream (Serve's batch-generator protocol).
             yield [StopIteration if delta is None else delta for delta in step]
+
+    def _observe_batch(self, size: int) -> None:
+        self._m_batch.observe(size)
+        self._stats["batches"] += 1
+        self._stats["batched_requests"] += size
+        self._stats["largest_batch"] = max(self._stats["largest_batch"], size)
 
     def _record(self, result: ChatResult) -> None:
         tags = {"model": self.model_id}
