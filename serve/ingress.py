@@ -24,13 +24,19 @@ def create_fastapi_app() -> FastAPI:
     app.include_router(comfy.router, prefix="/api")
     app.include_router(native.router)
     app.include_router(artifacts.router)
+    from deployments.agent.routes import router as agent_router
+    from deployments.llm.openai_routes import router as openai_router
+
+    app.include_router(agent_router)
+    app.include_router(openai_router)
 
     @app.middleware("http")
     async def request_id_and_size(request: Request, call_next: Any) -> Any:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        from serve.routes.deps import _process_service
+        from serve.routes.deps import attach_process_state
 
-        service = getattr(request.app.state, "service", None) or _process_service
+        attach_process_state(request.app)
+        service = getattr(request.app.state, "service", None)
         length = request.headers.get("content-length")
         if service is not None and length and length.isdigit():
             # Refuse oversized bodies before reading them (uploads are checked again while reading).
@@ -58,9 +64,13 @@ class IngressDeployment:
     """HTTP ingress; each replica also runs a job runner over the shared store."""
 
     async def __init__(self, args: dict[str, Any], text_encoder: Any, sampler: Any, vae: Any):
+        from deployments.common.observability import install_serve_logging
         from serve.backends import build_serve_backends
         from serve.service import GenServeService
 
+        # Routes serve.* / graphs.* loggers (the runner, the executor) into this replica's
+        # Serve log file, with prompt_id on every line of a job.
+        install_serve_logging()
         app_args = AppArgs.model_validate(args)
         backends = build_serve_backends(text_encoder, sampler, vae)
         self.service = GenServeService(app_args, backends)

@@ -16,6 +16,7 @@ import time
 import uuid
 from typing import Any
 
+from deployments.common import observability as obs
 from graphs.backends import Backends, CancelToken, InputImages, OutputSink
 from graphs.errors import ExecutionInterrupted, NodeExecutionError
 from graphs.executor import ExecutionContext, Executor
@@ -26,6 +27,16 @@ logger = logging.getLogger(__name__)
 
 # ComfyUI keeps these in history.status.messages
 _HISTORY_MESSAGES = ("execution_start", "execution_cached", "execution_success", "execution_error", "execution_interrupted")
+
+# Metrics (no-ops outside Ray; exported as ray_<name> on Ray's Prometheus endpoint).
+# ``status`` is the job's final state (success / error / interrupted), or ``requeued`` when a
+# job's runner stopped heartbeating and the job was put back in the queue.
+_M_JOBS = obs.counter("genserve_jobs_total", "Finished prompts by outcome", tag_keys=("status",))
+_M_JOB_LATENCY = obs.histogram("genserve_job_latency_ms", "Run time of a prompt from claim to finish (ms)", tag_keys=("status",))
+_M_JOB_QUEUE = obs.histogram("genserve_job_queue_wait_ms", "Time a prompt waited in the job queue before a runner claimed it (ms)")
+_M_NODE_CACHE = obs.counter("genserve_node_cache_total", "Workflow node outputs reused from the cache (hit) or computed (miss)",
+                            tag_keys=("result",))
+_M_ACTIVE = obs.gauge("genserve_jobs_running", "Prompts this runner is executing now")
 
 
 class JobRunner:
@@ -124,7 +135,8 @@ class JobRunner:
                 if time.monotonic() - last_reap > beat:
                     last_reap = time.monotonic()
                     for pid, status in await asyncio.to_thread(self.store.reap_expired, max_attempts=self.max_attempts):
-                        logger.warning("prompt %s lost its runner; now %s", pid, status)
+                        logger.warning("prompt %s lost its runner; now %s", pid, status, extra={"prompt_id": pid})
+                        _M_JOBS.inc(tags={"status": "requeued" if status == "queued" else status})
                         if status == "queued":
                             self._wakeup.set()
                         else:
@@ -145,6 +157,16 @@ class JobRunner:
 
     # -- one job --------------------------------------------------------------------------
     async def _run(self, job: Job, token: CancelToken) -> None:
+        # NOTE: this task (and the tasks/threads it starts) logs with this prompt id, and its
+        # stage calls carry it as their Serve request id, so the prompt can be followed
+        # through every replica's JSON log.
+        obs.set_prompt_id(job.prompt_id)
+        obs.bind_serve_request_id(job.prompt_id)
+        claimed = time.perf_counter()
+        queued_ms = max(0.0, (time.time() - job.created_at) * 1000) if job.created_at else 0.0
+        _M_JOB_QUEUE.observe(queued_ms)
+        _M_ACTIVE.set(len(self._active))
+        logger.info("prompt %s started (attempt %d, queued %.0f ms)", job.prompt_id, job.attempts, queued_ms)
         messages: list[list[Any]] = []
 
         async def emit(event: str, data: dict[str, Any]) -> None:
@@ -164,6 +186,8 @@ class JobRunner:
         try:
             result = await self.executor.execute(wf, job.output_ids, ctx)
             status, outputs = SUCCEEDED, result.outputs
+            _M_NODE_CACHE.inc(len(result.cached), tags={"result": "hit"})
+            _M_NODE_CACHE.inc(len(result.executed), tags={"result": "miss"})
         except ExecutionInterrupted as exc:
             status = INTERRUPTED
             error = {"type": "interrupted", "message": token.reason or "interrupted", "node_id": exc.node_id}
@@ -187,6 +211,12 @@ class JobRunner:
             self.store.finish, prompt_id=job.prompt_id, owner=self.owner, status=status, outputs=outputs, error=error,
             messages=messages,
         )
+        elapsed_ms = (time.perf_counter() - claimed) * 1000
         if not recorded:
             logger.warning("prompt %s: lease lost before finishing; result discarded (another runner owns it)", job.prompt_id)
+        else:
+            _M_JOBS.inc(tags={"status": status})
+            _M_JOB_LATENCY.observe(elapsed_ms, tags={"status": status})
+            logger.info("prompt %s finished: %s in %.0f ms", job.prompt_id, status, elapsed_ms)
+        _M_ACTIVE.set(max(0, len(self._active) - 1))
         await self._broadcast_status()

@@ -4,10 +4,8 @@
   agent's parameters into it (`apply_workflow_params`) and calls ``POST /v1/workflows/run``.
   A workflow's *version* is the first 12 hex digits of the sha256 of its file, so a
   trajectory pins the exact graph that ran; asking for another version fails loudly.
-* Artifact ids are image filenames until the artifact store lands: `artifact_id_for_image`
-  and `image_query_for_artifact` are the one place to change.
-* ``get_artifact`` reads the image through ``GET /view`` and its provenance from ``/history``;
-  ``evaluate`` computes objective metrics locally (`image_metrics`).
+* Artifact ids come from the answer of `/v1/workflows/run`; `get_artifact` reads metadata
+  from the artifact store (`/v1/artifacts`).
 """
 
 from __future__ import annotations
@@ -40,17 +38,12 @@ class ImageEngineError(RuntimeError):
     """The image service answered with an error, or not at all."""
 
 
-# -- artifact ids (replace when the artifact store lands) -------------------------------------
+# -- artifact ids ------------------------------------------------------------------------------
 
 
 def artifact_id_for_image(image: dict[str, Any]) -> str:
-    """The artifact id of one image of a ``/v1/workflows/run`` answer (for now: its filename)."""
-    return str(image["filename"])
-
-
-def image_query_for_artifact(artifact_id: str) -> dict[str, str]:
-    """The ``/view`` query that reads an artifact back (inverse of `artifact_id_for_image`)."""
-    return {"filename": artifact_id, "subfolder": "", "type": "output"}
+    """The artifact id of one image of a ``/v1/workflows/run`` answer."""
+    return str(image.get("artifact_id") or image["filename"])
 
 
 # -- workflows --------------------------------------------------------------------------------
@@ -207,52 +200,48 @@ class HttpImageEngineClient:
         return {"artifact_ids": [i["artifact_id"] for i in images], "prompt_id": body.get("prompt_id"),
                 "workflow": name, "workflow_version": current, "images": images}
 
-    async def _read(self, artifact_id: str) -> tuple[bytes, str, str] | None:
-        query = image_query_for_artifact(artifact_id)
-        resp = await self._request("GET", "/view", params=query)
+    async def _meta(self, artifact_id: str) -> dict[str, Any] | None:
+        if not re.match(r"^[A-Za-z0-9_.-]{1,128}$", artifact_id):
+            return None
+        resp = await self._request("GET", f"/v1/artifacts/{artifact_id}")
         if resp.status_code == 404:
             return None
         if resp.status_code != 200:
-            raise ImageEngineError(f"GET /view for {artifact_id!r} answered {resp.status_code}")
-        return resp.content, resp.headers.get("content-type", ""), f"/view?{urlencode(query)}"
+            raise ImageEngineError(f"GET /v1/artifacts/{artifact_id} answered {resp.status_code}")
+        return resp.json()
 
-    async def _provenance(self, artifact_id: str) -> dict[str, Any] | None:
-        resp = await self._request("GET", "/history", params={"max_items": self.history_items})
-        if resp.status_code != 200:
+    async def _read(self, artifact_id: str) -> tuple[bytes, str, str] | None:
+        meta = await self._meta(artifact_id)
+        if meta is None:
             return None
-        for prompt_id, entry in reversed(list(resp.json().items())):
-            outputs = entry.get("outputs", {})
-            if not any(img.get("filename") == artifact_id for out in outputs.values() for img in out.get("images", [])):
-                continue
-            prompt = entry.get("prompt", [None, None, {}])
-            graph = prompt[2] if len(prompt) > 2 and isinstance(prompt[2], dict) else {}
-            nodes = [n for n in graph.values() if isinstance(n, dict)]
-            return {
-                "prompt_id": prompt_id,
-                "checkpoints": sorted({n["inputs"].get("ckpt_name") for n in nodes
-                                       if n.get("class_type") == "CheckpointLoaderSimple"} - {None}),
-                "seeds": [n["inputs"].get("seed", n["inputs"].get("noise_seed")) for n in nodes
-                          if n.get("class_type") in _SAMPLERS],
-                "prompts": [n["inputs"].get("text") for n in nodes
-                            if n.get("class_type") == "CLIPTextEncode" and isinstance(n["inputs"].get("text"), str)],
-                "status": entry.get("status", {}).get("status_str"),
-            }
-        return None
+        resp = await self._request("GET", meta["url"])
+        if resp.status_code != 200:
+            raise ImageEngineError(f"GET {meta['url']} for {artifact_id!r} answered {resp.status_code}")
+        return resp.content, resp.headers.get("content-type", ""), meta["url"]
 
     async def get_artifact(self, artifact_id: str) -> dict[str, Any] | None:
-        read = await self._read(artifact_id)
-        if read is None:
+        """Metadata and provenance from the artifact store (``/v1/artifacts/{id}``, its lineage and C2PA summary)."""
+        meta = await self._meta(artifact_id)
+        if meta is None:
             return None
-        data, content_type, url = read
-        meta: dict[str, Any] = {"artifact_id": artifact_id, "url": url, "content_type": content_type,
-                                "size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        try:
-            metrics = image_metrics(data)
-            meta.update(width=metrics["width"], height=metrics["height"])
-        except Exception:  # noqa: BLE001 - not an image we can decode: metadata without size
-            logger.debug("could not decode artifact %s", artifact_id, exc_info=True)
-        meta["provenance"] = await self._provenance(artifact_id)
-        return meta
+        out: dict[str, Any] = {
+            "artifact_id": artifact_id, "url": meta["url"], "content_type": meta.get("mime"), "size_bytes": meta.get("size_bytes"),
+            "sha256": meta.get("sha256"), "prompt_id": meta.get("prompt_id"), "workflow_hash": meta.get("workflow_hash"),
+            "workflow_ref": meta.get("workflow_ref"), "models": meta.get("models"), "seeds": meta.get("seeds"),
+            "parents": meta.get("parents"),
+        }
+        lineage = await self._request("GET", f"/v1/artifacts/{artifact_id}/lineage")
+        if lineage.status_code == 200:
+            out["lineage_edges"] = len(lineage.json().get("edges", []))
+        manifest = await self._request("GET", f"/v1/artifacts/{artifact_id}/manifest")
+        if manifest.status_code == 200:
+            store = manifest.json()
+            active = (store.get("manifests") or {}).get(store.get("active_manifest") or "", {})
+            out["c2pa"] = {"signed": True, "claim_generator": active.get("claim_generator"),
+                           "signer": (active.get("signature_info") or {}).get("common_name")}
+        else:
+            out["c2pa"] = {"signed": False}
+        return out
 
     async def evaluate(self, artifact_id: str) -> dict[str, Any]:
         read = await self._read(artifact_id)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
 from ray import serve
 
+from deployments.common.observability import install_serve_logging, observe_queue_wait
 from deployments.common.runtime import configure_torch_threads
 from graphs.types import ClipRef, ConditioningEntry
 
@@ -24,6 +26,7 @@ class ClipTextDeployment:
         from ray.serve.metrics import Counter, Histogram
 
         self.config = ClipTextConfig(**config)
+        install_serve_logging()
         configure_torch_threads(None, 1)
         self.model = ClipTextModel(self.config, loader=ModelLoader(ModelsDir(self.config.models_dir)))
         self._m_batch = Histogram("genserve_text_encoder_batch_size", description="Prompts per text-encoder batch",
@@ -34,13 +37,19 @@ class ClipTextDeployment:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         if "max_batch_size" in user_config:
-            self.encode.set_max_batch_size(int(user_config["max_batch_size"]))
+            self._encode_batched.set_max_batch_size(int(user_config["max_batch_size"]))
         if "batch_wait_timeout_s" in user_config:
-            self.encode.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+            self._encode_batched.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
         configure_torch_threads(user_config.get("torch_threads"), 1)
 
+    async def encode(self, clip: ClipRef, text: str) -> ConditioningEntry:
+        """Encode one prompt (batched with concurrent callers); the handle's entry point."""
+        # Arrival time: the batch method observes arrival -> batch start as the queue wait.
+        return await self._encode_batched(clip, text, time.perf_counter())
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def encode(self, clips: list[ClipRef], texts: list[str]) -> list[ConditioningEntry]:
+    async def _encode_batched(self, clips: list[ClipRef], texts: list[str], arrivals: list[float]) -> list[ConditioningEntry]:
+        observe_queue_wait("text_encoder", arrivals, time.perf_counter())
         self._m_batch.observe(len(texts))
         groups: dict[str, list[int]] = defaultdict(list)
         for i, clip in enumerate(clips):

@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, AsyncIterator, Protocol, runtime_checkable
 
 from deployments.llm import constants
@@ -108,6 +108,8 @@ class ChatRequest:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is not None:
+            if not all(isinstance(s, str) for s in self.stop):
+                raise ValueError("stop must be a string or a list of strings.")
             self.stop = [s for s in self.stop if s]
         if self.json_schema is not None and not isinstance(self.json_schema, dict):
             raise ValueError(f"json_schema must be a dict (a JSON schema), got {type(self.json_schema).__name__}.")
@@ -569,7 +571,8 @@ class VLLMEngine:
         result = None
         async for delta in self.stream_chat(messages, **params):
             result = delta.result or result
-        assert result is not None  # the last delta always carries it
+        if result is None:
+            raise LLMEngineError("vLLM ended the stream without a final result.")
         return result
 
     async def chat_batch(self, requests: list[ChatRequest]) -> list[ChatResult]:
@@ -587,11 +590,3 @@ class VLLMEngine:
         if callable(shutdown):
             shutdown()
 
-
-@dataclass
-class EngineInfo:
-    """What ``GET /v1/models`` and health checks report about an engine."""
-
-    model_id: str
-    engine: str
-    extra: dict[str, Any] = field(default_factory=dict)

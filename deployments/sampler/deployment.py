@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 from ray import serve
 
 from deployments.common.aio import iterate_in_thread
+from deployments.common.observability import install_serve_logging, observe_queue_wait, prompt_id_of, set_prompt_id
 from deployments.common.runtime import configure_torch_threads
 from graphs.types import SampleRequest, SamplerOutput, SamplerProgress
 
@@ -32,6 +33,7 @@ class SamplerDeployment:
         from deployments.sampler.model import SamplerConfig, SamplerModel
 
         self.config = SamplerConfig(**config)
+        install_serve_logging()
         self.threads = configure_torch_threads(None, 1)
         self.model = SamplerModel(self.config, ModelLoader(ModelsDir(self.config.models_dir)))
         self.model.on_unet_call = self._on_unet_call
@@ -64,9 +66,13 @@ class SamplerDeployment:
     async def sample_stream(self, request: SampleRequest) -> AsyncIterator[Any]:
         # NOTE: validate before joining a batch, so one bad request cannot fail its batch-mates.
         self.model.check_request(request)
+        # Arrival time: the batch method observes arrival -> batch start as the queue wait.
+        arrived = time.perf_counter()
+        set_prompt_id(prompt_id_of(request.request_id))
+        logger.info("sample request %s queued (%d steps, %s)", request.request_id, request.steps, request.sampler_name)
         finished = False
         try:
-            async for event in self._sample_batched(request):
+            async for event in self._sample_batched(request, arrived):
                 if event is None:
                     continue
                 if isinstance(event, SamplerOutput):
@@ -78,10 +84,15 @@ class SamplerDeployment:
                 self._cancelled.add(request.request_id)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _sample_batched(self, requests: list[SampleRequest]) -> AsyncIterator[list[Any]]:
+    async def _sample_batched(self, requests: list[SampleRequest], arrivals: list[float]) -> AsyncIterator[list[Any]]:
+        observe_queue_wait("sampler", arrivals, time.perf_counter())
         done = [False] * len(requests)
         ids = [r.request_id for r in requests]
-        logger.info("sampler batch of %d request(s): %s", len(requests), ids)
+        prompts = sorted({prompt_id_of(i) for i in ids})
+        # NOTE: this runs in Serve's long-lived batch task: reset its prompt id every batch
+        # (one prompt: that prompt; several: none, and ``prompt_ids`` lists them all).
+        set_prompt_id(prompts[0] if len(prompts) == 1 else None)
+        logger.info("sampler batch of %d request(s): %s", len(requests), ids, extra={"prompt_ids": prompts})
 
         def is_cancelled(i: int) -> bool:
             return ids[i] in self._cancelled

@@ -86,7 +86,7 @@ def test_up_detach_serves_the_demo_and_down_stops_it(demo_models_dir, tmp_path):
         # Ray dashboard answers (Ray's token auth is on by default: 401 without ~/.ray/auth_token)
         assert httpx.get(f"http://127.0.0.1:{dash}/api/version", timeout=10).status_code in (200, 401)
     finally:
-        down = cli("down", cwd=tmp_path, timeout=300, env=env)
+        down = cli("down", "--ray-port", str(gcs), cwd=tmp_path, timeout=300, env=env)
     assert down.returncode == 0, down.stderr[-2000:]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -93,6 +93,24 @@ def test_streaming_through_a_handle(llm_serve):
     assert final.text == handle.chat.remote(user(PROMPTS[0]), max_tokens=10).result().text
 
 
+def test_concurrent_streams_are_batched_and_each_gets_its_own_answer(llm_serve):
+    handle, _ = llm_serve
+    singles = [handle.chat.remote(user(p), max_tokens=10).result().text for p in PROMPTS]
+    before = handle.stats.remote().result()
+
+    async def stream(p: str) -> list:
+        return [d async for d in handle.options(stream=True).stream_chat.remote(user(p), max_tokens=10)]
+
+    async def together():
+        return await asyncio.gather(*(stream(p) for p in PROMPTS))
+
+    streams = asyncio.run(together())
+    after = handle.stats.remote().result()
+    assert ["".join(deltas) for deltas in streams] == singles
+    assert all(deltas[-1].result is not None for deltas in streams)
+    assert after["batches"] - before["batches"] < len(PROMPTS), (before, after)
+
+
 def test_invalid_request_raises_value_error_to_the_caller(llm_serve):
     handle, _ = llm_serve
     with pytest.raises(ValueError, match="non-empty"):

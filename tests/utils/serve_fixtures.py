@@ -54,7 +54,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, namespace="genserve-tests", log_to_driver=False,
+        ray.init(num_cpus=4, include_dashboard=False, namespace="genserve-tests", log_to_driver=False,
                  runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
     yield ray
     from ray import serve
@@ -77,7 +77,10 @@ def serve_env(ray_session, demo_models_dir, tmp_path_factory) -> ServeEnv:
     write_example_inputs(data_dir / "input")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"models_dir": str(demo_models_dir), "data_dir": str(data_dir), "lease_s": 10.0, "max_concurrent_jobs": 16,
+    from deployments.llm.demo import fetch_smollm2
+
+    fetch_smollm2(demo_models_dir)  # the LLM stage serves SmolLM2 from models/llm
+    args = {"image_service_url": f"http://127.0.0.1:{port}", "llm_stage": {"num_replicas": 1},"models_dir": str(demo_models_dir), "data_dir": str(data_dir), "lease_s": 10.0, "max_concurrent_jobs": 16,
             # tests ask for a fixed replica count so batching is observable on one sampler replica
             "sampler": {"num_replicas": 1}, "text_encoder": {"num_replicas": 1}, "vae": {"num_replicas": 1}}
     serve.run(build_app(args), name="genserve", route_prefix="/", blocking=False)

@@ -42,7 +42,7 @@ def image_service(received: list[dict]) -> FastAPI:
             return Response(status_code=500, media_type="application/json",
                             content=json.dumps({"prompt_id": "p", "status": "error", "error": {"message": "node 3 failed"}}))
         return {"prompt_id": "p9", "status": "success", "outputs": {},
-                "images": [{"filename": "txt2img_00001_.png", "subfolder": "", "type": "output",
+                "images": [{"artifact_id": "art_1", "filename": "txt2img_00001_.png", "subfolder": "", "type": "output",
                             "url": "/view?filename=txt2img_00001_.png&subfolder=&type=output", "data_base64": None}]}
 
     @app.get("/view")
@@ -51,11 +51,23 @@ def image_service(received: list[dict]) -> FastAPI:
             raise HTTPException(404)
         return Response(files[filename], media_type="image/png")
 
-    @app.get("/history")
-    async def history(max_items: int = 200):
-        wf = received[-1]["workflow"] if received else {}
-        return {"p9": {"prompt": [1, "p9", wf, {}, ["9"]], "status": {"status_str": "success"},
-                       "outputs": {"9": {"images": [{"filename": "txt2img_00001_.png"}]}}}}
+    @app.get("/v1/artifacts/{artifact_id}")
+    async def artifact(artifact_id: str):
+        if artifact_id != "art_1":
+            raise HTTPException(404)
+        seed = received[-1]["workflow"]["3"]["inputs"]["seed"] if received else None
+        return {"id": "art_1", "sha256": "ab" * 32, "kind": "output", "mime": "image/png", "size_bytes": len(files["txt2img_00001_.png"]),
+                "prompt_id": "p9", "workflow_hash": "cd" * 32, "workflow_ref": None, "models": [{"name": "m.safetensors"}],
+                "seeds": [seed], "parents": [], "url": "/view?filename=txt2img_00001_.png&subfolder=&type=output"}
+
+    @app.get("/v1/artifacts/{artifact_id}/lineage")
+    async def lineage(artifact_id: str):
+        return {"root": artifact_id, "nodes": [], "edges": []}
+
+    @app.get("/v1/artifacts/{artifact_id}/manifest")
+    async def manifest(artifact_id: str):
+        return {"active_manifest": "m1", "manifests": {"m1": {"claim_generator": "genserve/0.1.0",
+                                                             "signature_info": {"common_name": "genserve DEVELOPMENT signer"}}}}
 
     return app
 
@@ -97,7 +109,7 @@ def test_named_workflow_lookup_is_safe_and_versioned():
 
 async def test_run_workflow_posts_the_api_format_graph(client, received):
     result = await client.run_workflow("txt2img", None, {"prompt": "a lighthouse", "seed": 11})
-    assert result["artifact_ids"] == ["txt2img_00001_.png"] and result["prompt_id"] == "p9"
+    assert result["artifact_ids"] == ["art_1"] and result["prompt_id"] == "p9"
     assert result["images"][0]["url"].startswith("/view?filename=txt2img_00001_.png")
     sent = received[0]["workflow"]
     assert sent["6"]["inputs"]["text"] == "a lighthouse" and sent["3"]["inputs"]["seed"] == 11
@@ -115,12 +127,13 @@ async def test_failed_workflow_and_unreachable_service_raise(client):
 
 async def test_artifact_metadata_provenance_and_metrics(client):
     await client.run_workflow("txt2img", None, {"prompt": "a boat", "seed": 3})
-    meta = await client.get_artifact("txt2img_00001_.png")
-    assert meta["width"] == 32 and meta["content_type"] == "image/png" and len(meta["sha256"]) == 64
-    assert meta["provenance"]["prompt_id"] == "p9" and meta["provenance"]["seeds"] == [3]
-    assert "a boat" in meta["provenance"]["prompts"]
+    meta = await client.get_artifact("art_1")
+    assert meta["content_type"] == "image/png" and len(meta["sha256"]) == 64
+    assert meta["prompt_id"] == "p9" and meta["seeds"] == [3]
+    assert meta["c2pa"] == {"signed": True, "claim_generator": "genserve/0.1.0", "signer": "genserve DEVELOPMENT signer"}
     assert await client.get_artifact("nope.png") is None
-    metrics = await client.evaluate("txt2img_00001_.png")
+    assert await client.get_artifact("../../etc/passwd") is None
+    metrics = await client.evaluate("art_1")
     assert set(metrics) >= {"width", "height", "brightness", "contrast", "sharpness", "colorfulness", "entropy"}
     with pytest.raises(LookupError):
         await client.evaluate("nope.png")
@@ -129,7 +142,7 @@ async def test_artifact_metadata_provenance_and_metrics(client):
 async def test_tools_over_the_http_client(client):
     gen = default_registry(client).get("generate_image")
     obs = await gen.run(GenerateImageArgs(prompt="x"), ToolContext(run_id="r", step_index=0, profile_name="p"))
-    assert obs.data["workflow"] == "txt2img" and obs.images[0].artifact_id == "txt2img_00001_.png"
+    assert obs.data["workflow"] == "txt2img" and obs.images[0].artifact_id == "art_1"
 
 
 def test_image_metrics_tell_flat_from_noisy():

@@ -34,10 +34,17 @@ def smollm2_gguf(llm_models_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_engine(smollm2_gguf: Path):
-    """The transformers engine over SmolLM2 (float32, 1 torch thread). Treat as read-only."""
+    """The transformers engine over SmolLM2 (float32, 1 torch thread). Treat as read-only.
+
+    NOTE: torch's thread count is process-wide; it is restored when the session ends.
+    """
+    import torch
+
     from deployments.llm.transformers_engine import TransformersEngine
 
-    return TransformersEngine.from_path(smollm2_gguf, torch_threads=1, max_batch_size=8)
+    threads = torch.get_num_threads()
+    yield TransformersEngine.from_path(smollm2_gguf, torch_threads=1, max_batch_size=8)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,16 @@ def test_batched_greedy_equals_single_requests(smollm2_engine):
     assert [r.finish_reason for r in batched] == [r.finish_reason for r in single]
 
 
+def test_padding_is_trimmed_when_the_longest_prompt_finishes_first(smollm2_engine):
+    long_prompt = "Please read this carefully. " * 12 + "What is the capital of France?"
+    requests = lambda: [ChatRequest(messages=user(long_prompt), max_tokens=2),  # noqa: E731
+                        ChatRequest(messages=user("Hi"), max_tokens=10),
+                        ChatRequest(messages=user("What is 2+2?"), max_tokens=10)]
+    single = [smollm2_engine.generate([r])[0] for r in requests()]
+    batched = smollm2_engine.generate(requests())
+    assert [r.text for r in batched] == [r.text for r in single]
+
+
 def test_batches_larger_than_max_batch_size_run_in_chunks(smollm2_engine, monkeypatch):
     monkeypatch.setattr(smollm2_engine, "max_batch_size", 2)
     requests = [ChatRequest(messages=user(p), max_tokens=6) for p in PROMPTS[:5]]
