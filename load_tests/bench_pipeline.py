@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--total", type=int, default=8, help="requests per throughput measurement")
     ap.add_argument("--out", default=str(ROOT / "load_tests" / "results" / "bench_pipeline.json"))
     opts = ap.parse_args()
@@ -87,7 +87,29 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="genserve-bench-"))
     results: dict = {"steps": opts.steps, "size": opts.size, "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}"}
 
-    # -- 1. in-process plain diffusers baseline -----------------------------------------------
+    # -- 1. served app and in-process plain diffusers, measured alternately ------------------
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}"
+
+    def deploy(batch: int) -> None:
+        args = {"models_dir": str(models_dir.resolve()), "data_dir": str(data_dir), "max_concurrent_jobs": 16, "agents": False,
+                "sampler": {"num_replicas": 1, "user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.05 if batch > 1 else 0.0, "torch_threads": 2}},
+                "text_encoder": {"num_replicas": 1}, "vae": {"num_replicas": 1}}
+        serve.run(build_app(args), name="genserve", route_prefix="/", blocking=False)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+
+    deploy(8)
+    served_run(url, workflow(0, opts.steps, opts.size, "warm up"))
+
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     torch.set_num_threads(2)
@@ -104,32 +126,11 @@ def main() -> None:
         return time.perf_counter() - t0
 
     diffusers_once(0)  # warm-up
-    inproc = [diffusers_once(i + 1) for i in range(opts.repeats)]
+    inproc, served = [], []
+    for i in range(opts.repeats):  # alternate, so machine-load drift hits both sides alike
+        inproc.append(diffusers_once(i + 1))
+        served.append(served_run(url, workflow(i + 1, opts.steps, opts.size, f"a watercolor painting {uuid.uuid4().hex}")))
     del pipe
-
-    # -- 2. served ------------------------------------------------------------------------------
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}"
-
-    def deploy(batch: int) -> None:
-        args = {"models_dir": str(models_dir.resolve()), "data_dir": str(data_dir), "max_concurrent_jobs": 16,
-                "sampler": {"num_replicas": 1, "user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.05 if batch > 1 else 0.0, "torch_threads": 2}},
-                "text_encoder": {"num_replicas": 1}, "vae": {"num_replicas": 1}}
-        serve.run(build_app(args), name="genserve", route_prefix="/", blocking=False)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-
-    deploy(8)
-    served_run(url, workflow(0, opts.steps, opts.size, "warm up"))
-    served = [served_run(url, workflow(i + 1, opts.steps, opts.size, f"a watercolor painting {uuid.uuid4().hex}")) for i in range(opts.repeats)]
 
     # cache effects (each measured against a cold request with a fresh prompt)
     cold, seed_only, identical = [], [], []

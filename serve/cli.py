@@ -426,6 +426,8 @@ def loadtest(
     locustfile: Path = typer.Option(LOCUSTFILE, exists=True, dir_okay=False, help="Locustfile to run."),
 ) -> None:
     """Run the locust scenarios headless against HOST and print p50/p95/p99, throughput and error rate."""
+    from rich.markup import escape
+
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
     html = html or csv_prefix.with_suffix(".html")
     classes = user_class or ["MixedUser"]
@@ -451,7 +453,7 @@ def loadtest(
         return "-" if v != v else f"{v:.0f}"
 
     for row in rows:
-        table.add_row(row["type"], row["name"], str(row["requests"]), str(row["failures"]), f"{100 * row['error_rate']:.1f}",
+        table.add_row(row["type"], escape(row["name"]), str(row["requests"]), str(row["failures"]), f"{100 * row['error_rate']:.1f}",
                       ms(row["p50_ms"]), ms(row["p95_ms"]), ms(row["p99_ms"]), f"{row['rps']:.2f}",
                       style="bold" if row["name"] == "Aggregated" else None)
     Console(width=None if sys.stdout.isatty() else 160).print(table)

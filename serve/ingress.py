@@ -63,7 +63,8 @@ fastapi_app = create_fastapi_app()
 class IngressDeployment:
     """HTTP ingress; each replica also runs a job runner over the shared store."""
 
-    async def __init__(self, args: dict[str, Any], text_encoder: Any, sampler: Any, vae: Any):
+    async def __init__(self, args: dict[str, Any], text_encoder: Any, sampler: Any, vae: Any,
+                       llm: Any = None, agent: Any = None):
         from deployments.common.observability import install_serve_logging
         from serve.backends import build_serve_backends
         from serve.service import GenServeService
@@ -74,10 +75,37 @@ class IngressDeployment:
         app_args = AppArgs.model_validate(args)
         backends = build_serve_backends(text_encoder, sampler, vae)
         self.service = GenServeService(app_args, backends)
-        from serve.routes.deps import set_process_service
+        from serve.routes.deps import set_process_state
 
-        set_process_service(self.service)
+        agent_service = llm_client = None
+        if agent is not None and llm is not None:
+            agent_service, llm_client = self._agent_wiring(app_args, llm, agent)
+        set_process_state(service=self.service, agent_service=agent_service, chat_backend=llm_client)
         self.service.runner.start()
+
+    def _agent_wiring(self, app_args: AppArgs, llm: Any, agent: Any) -> tuple[Any, Any]:
+        import asyncio
+
+        from deployments.agent.constants import DEFAULT_PROFILES_DIR
+        from deployments.agent.profiles import load_profiles
+        from deployments.agent.service import RemoteAgentService
+        from deployments.agent.tools import default_registry
+        from deployments.llm.handle_client import LLMHandleClient
+        from serve.stores.agents import AgentStore
+
+        profiles = load_profiles(DEFAULT_PROFILES_DIR, default_registry(None))
+        agent_service = RemoteAgentService(AgentStore(app_args.resolved_database_url), agent, profiles)
+        llm_client = LLMHandleClient(llm, model_id=app_args.llm.get("model_id") or "default")
+
+        async def resolve_model_id() -> None:
+            # NOTE: in the background: a slow or broken LLM must not keep image serving down.
+            try:
+                llm_client.model_id = (await llm.model_info.remote())["id"]
+            except Exception:  # the LLM routes report the failure per request
+                logger.exception("LLM deployment did not answer model_info")
+
+        self._llm_probe = asyncio.get_running_loop().create_task(resolve_model_id())
+        return agent_service, llm_client
 
     def check_health(self) -> None:
         if not self.service.runner._tasks or any(t.done() for t in self.service.runner._tasks):

@@ -11,7 +11,7 @@ from typing import Any
 from ray import serve
 
 from deployments.common.observability import install_serve_logging, observe_queue_wait
-from deployments.common.runtime import configure_torch_threads
+from deployments.common.runtime import configure_torch_threads, resolve_device
 from graphs.types import ClipRef, ConditioningEntry
 
 logger = logging.getLogger("ray.serve")
@@ -25,10 +25,10 @@ class ClipTextDeployment:
         from deployments.clip_text.model import ClipTextConfig, ClipTextModel
         from ray.serve.metrics import Counter, Histogram
 
-        self.config = ClipTextConfig(**config)
+        self.config = ClipTextConfig(**{**config, "device": resolve_device(config.get("device"))})
         install_serve_logging()
         configure_torch_threads(None, 1)
-        self.model = ClipTextModel(self.config, loader=ModelLoader(ModelsDir(self.config.models_dir)))
+        self.model = ClipTextModel(self.config, loader=ModelLoader(ModelsDir(self.config.models_dir), device=self.config.device))
         self._m_batch = Histogram("genserve_text_encoder_batch_size", description="Prompts per text-encoder batch",
                                   boundaries=[1, 2, 4, 8, 16, 32])
         self._m_cache = Counter("genserve_text_encoder_cache_total", description="Text embedding cache lookups",

@@ -48,3 +48,12 @@ def merge_options(defaults: dict[str, Any], overrides: dict[str, Any] | None) ->
 
 def replica_num_cpus(options: dict[str, Any]) -> float:
     return float((options.get("ray_actor_options") or {}).get("num_cpus", 1))
+
+
+def resolve_device(requested: str | None = None) -> str:
+    """``auto``/``None`` -> ``cuda`` when this replica was given a GPU (Ray sets CUDA_VISIBLE_DEVICES), else ``cpu``."""
+    if requested and requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

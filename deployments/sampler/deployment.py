@@ -11,7 +11,7 @@ from ray import serve
 
 from deployments.common.aio import iterate_in_thread
 from deployments.common.observability import install_serve_logging, observe_queue_wait, prompt_id_of, set_prompt_id
-from deployments.common.runtime import configure_torch_threads
+from deployments.common.runtime import configure_torch_threads, resolve_device
 from graphs.types import SampleRequest, SamplerOutput, SamplerProgress
 
 logger = logging.getLogger("ray.serve")
@@ -32,10 +32,10 @@ class SamplerDeployment:
         from deployments.checkpoints.loader import ModelLoader
         from deployments.sampler.model import SamplerConfig, SamplerModel
 
-        self.config = SamplerConfig(**config)
+        self.config = SamplerConfig(**{**config, "device": resolve_device(config.get("device"))})
         install_serve_logging()
         self.threads = configure_torch_threads(None, 1)
-        self.model = SamplerModel(self.config, ModelLoader(ModelsDir(self.config.models_dir)))
+        self.model = SamplerModel(self.config, ModelLoader(ModelsDir(self.config.models_dir), device=self.config.device))
         self.model.on_unet_call = self._on_unet_call
         self._cancelled: set[str] = set()
         self._unet_calls: list[dict[str, int]] = []

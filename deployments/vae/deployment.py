@@ -12,7 +12,7 @@ import numpy as np
 from ray import serve
 
 from deployments.common.observability import install_serve_logging, observe_queue_wait
-from deployments.common.runtime import configure_torch_threads
+from deployments.common.runtime import configure_torch_threads, resolve_device
 from graphs.types import VaeRef
 
 logger = logging.getLogger("ray.serve")
@@ -43,10 +43,10 @@ class VaeDeployment:
         from deployments.vae.model import VaeConfig, VaeModel
         from ray.serve.metrics import Histogram
 
-        self.config = VaeConfig(**config)
+        self.config = VaeConfig(**{**config, "device": resolve_device(config.get("device"))})
         install_serve_logging()
         configure_torch_threads(None, 1)
-        self.model = VaeModel(self.config, loader=ModelLoader(ModelsDir(self.config.models_dir)))
+        self.model = VaeModel(self.config, loader=ModelLoader(ModelsDir(self.config.models_dir), device=self.config.device))
         self._m_batch = Histogram("genserve_vae_batch_size", description="Requests per VAE batch", boundaries=[1, 2, 4, 8, 16])
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
