@@ -67,7 +67,8 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
         from deployments.agent.deployment import build_agent_deployment
         from deployments.llm.builder import build_llm_deployment
 
-        llm = build_llm_deployment({**app_args.llm, "models_dir": app_args.models_dir}, _opts(app_args.llm_stage, app_args))
+        llm = build_llm_deployment({**app_args.llm, "models_dir": app_args.models_dir}, _opts(app_args.llm_stage, app_args),
+                                   http=False)
         agent_options = merge_options(DEFAULT_AGENT_OPTIONS, _opts(app_args.agent_stage, app_args))
         agent = build_agent_deployment(
             {"database_url": app_args.resolved_database_url, "image_service_url": app_args.image_service_url,

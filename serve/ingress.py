@@ -93,7 +93,10 @@ class IngressDeployment:
         from deployments.llm.handle_client import LLMHandleClient
         from serve.stores.agents import AgentStore
 
-        profiles = load_profiles(DEFAULT_PROFILES_DIR, default_registry(None))
+        from deployments.agent.image_client import HttpImageEngineClient
+
+        # The ingress only validates and lists profiles; the AgentRunner deployment runs the tools.
+        profiles = load_profiles(DEFAULT_PROFILES_DIR, default_registry(HttpImageEngineClient(app_args.image_service_url)))
         agent_service = RemoteAgentService(AgentStore(app_args.resolved_database_url), agent, profiles)
         llm_client = LLMHandleClient(llm, model_id=app_args.llm.get("model_id") or "default")
 

@@ -438,15 +438,18 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-_WORKFLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
-_ARTIFACT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$"
+# NOTE: unbounded repetition plus max_length: xgrammar 0.2.8 fails to compile patterns with a
+# large bounded repetition such as {0,199} ("per_rule_fsm_hashes" check), which broke
+# constrained decoding of every step schema that contains one.
+_WORKFLOW_NAME = r"^[A-Za-z0-9][A-Za-z0-9_\-]*$"
+_ARTIFACT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
 class GenerateImageArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(..., min_length=1, max_length=1000, description="What the image should show.")
     negative_prompt: str | None = Field(None, max_length=1000, description="What the image should not show.")
-    workflow: str = Field("txt2img", pattern=_WORKFLOW_NAME, description="Name of the image workflow to run.")
+    workflow: str = Field("txt2img", pattern=_WORKFLOW_NAME, max_length=64, description="Name of the image workflow to run.")
     workflow_version: str | None = Field(None, max_length=64,
                                          description="Exact workflow version; the current one when omitted.")
     seed: int | None = Field(None, ge=0, le=2**53, description="Random seed; fixed seeds reproduce images.")
@@ -480,7 +483,7 @@ class GenerateImageTool(Tool):
 
 class ArtifactArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    artifact_id: str = Field(..., pattern=_ARTIFACT_ID, description="An artifact id returned by generate_image.")
+    artifact_id: str = Field(..., pattern=_ARTIFACT_ID, max_length=200, description="An artifact id returned by generate_image.")
 
 
 class GetArtifactTool(Tool):

@@ -25,7 +25,7 @@ DEFAULT_LLM_OPTIONS: dict[str, Any] = {
 }
 
 
-def build_llm_deployment(config: Any = None, overrides: dict[str, Any] | None = None) -> Application:
+def build_llm_deployment(config: Any = None, overrides: dict[str, Any] | None = None, *, http: bool = True) -> Application:
     """Bind the LLM stage.
 
     Args:
@@ -33,6 +33,8 @@ def build_llm_deployment(config: Any = None, overrides: dict[str, Any] | None = 
             the CPU from ``$GENSERVE_MODELS_DIR``.
         overrides (`dict`, *optional*): Serve options merged over :data:`DEFAULT_LLM_OPTIONS`
             (``num_replicas``, ``ray_actor_options``, ``user_config``, ...).
+        http (`bool`, *optional*, defaults to True): serve the OpenAI-compatible routes itself; False when the
+            deployment is composed behind another ingress (Serve allows one ingress per application).
 
     Returns:
         The bound application (also an OpenAI-compatible HTTP app when run on its own).
@@ -40,7 +42,7 @@ def build_llm_deployment(config: Any = None, overrides: dict[str, Any] | None = 
     Raises:
         pydantic.ValidationError: ``config`` is invalid.
     """
-    from deployments.llm.deployment import LLMDeployment
+    from deployments.llm.deployment import LLMDeployment, LLMIngressDeployment
     from deployments.llm.model import LLMConfig
 
     cfg = LLMConfig.model_validate(config or {})
@@ -50,4 +52,5 @@ def build_llm_deployment(config: Any = None, overrides: dict[str, Any] | None = 
         actor.setdefault("num_gpus", 1)
     options["ray_actor_options"] = actor
     logger.info("LLM options: %s", options)
-    return LLMDeployment.options(**options).bind(cfg)
+    deployment = LLMIngressDeployment if http else LLMDeployment
+    return deployment.options(**options).bind(cfg)

@@ -36,16 +36,17 @@ from deployments.llm.openai_routes import create_openai_app
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(name="LLM")
-@serve.ingress()
-class LLMDeployment:
-    """Serves one :class:`~deployments.llm.model.LLMModel`.
+class LLMServer:
+    """Serves one :class:`~deployments.llm.model.LLMModel` (the undecorated class; see the two deployments below).
 
     Args:
         config (`LLMConfig` or `dict`): The stage config (see :func:`deployments.llm.builder.build_llm_deployment`).
     """
 
     def __init__(self, config: Any) -> None:
+        self._init(config)
+
+    def _init(self, config: Any) -> None:
         from ray.serve.metrics import Counter, Histogram
 
         from deployments.llm.model import LLMConfig, LLMModel
@@ -174,3 +175,16 @@ class LLMDeployment:
         self._m_ttft.observe(result.ttft_s, tags=tags)
         if result.tokens_per_s > 0:
             self._m_tps.observe(result.tokens_per_s, tags=tags)
+
+
+#: Composed behind another ingress (the genserve app): reached through DeploymentHandles only.
+LLMDeployment = serve.deployment(name="LLM")(LLMServer)
+
+
+@serve.deployment(name="LLM")
+@serve.ingress()
+class LLMIngressDeployment(LLMServer):
+    """The LLM as its own OpenAI-compatible HTTP app (``/v1/chat/completions``, ``/v1/models``)."""
+
+    async def __init__(self, config: Any) -> None:
+        self._init(config)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -13,7 +15,7 @@ def test_default_profile_generates_an_image_and_answers(serve_env):
         run = r.json()
         traj = c.get(f"/v1/agent/runs/{run['id']}/trajectory").json()
     steps = traj["steps"]
-    assert steps, run
+    assert steps, json.dumps(run)[:3000]
     tools = [s["tool_call"]["name"] for s in steps if s.get("tool_call")]
     assert "generate_image" in tools, (run, steps)
     gen = next(s for s in steps if s.get("tool_call") and s["tool_call"]["name"] == "generate_image")

@@ -1,7 +1,8 @@
 """The sampler autoscales up under load and back down after it, on its own app in the shared Ray session.
 
-Resource plan (the shared session has ``num_cpus=2``; the main ``genserve`` app holds 1.25): every
-replica of this app asks for a tiny logical CPU share, so three sampler replicas fit logically.
+Resource plan: the shared session's logical CPUs are mostly held by the main ``genserve`` app, so
+every replica of this app asks for a tiny logical CPU share (0.01) and three sampler replicas fit
+whatever the main app holds.
 The figures (peak replicas, time to scale up and down) are printed; run with ``-s`` to see them.
 """
 
@@ -52,7 +53,8 @@ def autoscale_app(serve_env, tmp_path_factory):
     write_example_inputs(data_dir / "input")
     args = {"models_dir": str(serve_env.models_dir), "data_dir": str(data_dir), "lease_s": 30.0, "max_concurrent_jobs": 16,
             "ingress": {"num_replicas": 1, **TINY}, "text_encoder": {"num_replicas": 1, **TINY},
-            "vae": {"num_replicas": 1, **TINY}, "sampler": SAMPLER, "provenance": False}
+            "vae": {"num_replicas": 1, **TINY}, "sampler": SAMPLER, "provenance": False,
+            "agents": False}  # image stages only: no LLM replica in this app
     serve.run(build_app(args), name=APP, route_prefix=PREFIX, blocking=False)
     url = f"{serve_env.base_url}{PREFIX}"
     deadline = time.monotonic() + 300
