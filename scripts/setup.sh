@@ -10,6 +10,12 @@ fi
 PIP_ARGS=(--disable-pip-version-check -q)
 # A CPU build of torch may lie on disk; use it instead of downloading a CUDA build.
 if [ -d /opt/wheels ]; then PIP_ARGS+=(--find-links /opt/wheels); fi
+# Headless Chromium for the browser test of the trajectory viewer (Debian package; root only).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing chromium (browser tests)..." >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "warning: could not install chromium; the browser test will be skipped" >&2
+fi
 STAMP=.venv/.genserve-installed
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "installing genserve and its dependencies into .venv (first run takes a few minutes)..." >&2

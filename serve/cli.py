@@ -372,7 +372,9 @@ def status(
 
 
 # -- load test ----------------------------------------------------------------------------------
-LOCUSTFILE = Path(__file__).resolve().parents[1] / "load_tests" / "locustfile.py"
+# The repository's locustfile (editable install), else ./load_tests/locustfile.py (installed package).
+LOCUSTFILE = next((p for p in (Path(__file__).resolve().parents[1] / "load_tests" / "locustfile.py",)
+                   if p.exists()), Path("load_tests") / "locustfile.py")
 
 
 def _num(value: str) -> float:

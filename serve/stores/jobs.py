@@ -33,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,14 @@ class JobStore:
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        # NOTE: create the prompt counter up front; creating it lazily raced between concurrent
+        # first submissions (UNIQUE constraint failed: counters.name).
+        try:
+            with self._s() as s, s.begin():
+                if s.get(CounterRow, "prompt_number") is None:
+                    s.add(CounterRow(name="prompt_number", value=0))
+        except IntegrityError:
+            pass  # another replica created it first
 
     def _s(self) -> Session:
         return self._session()
@@ -173,11 +182,6 @@ class JobStore:
         """Insert a queued job and commit before returning (the accepted-work guarantee)."""
         pid = prompt_id or str(uuid.uuid4())
         with self._s() as s, s.begin():
-            counter = s.get(CounterRow, "prompt_number")
-            if counter is None:
-                counter = CounterRow(name="prompt_number", value=0)
-                s.add(counter)
-                s.flush()
             s.execute(update(CounterRow).where(CounterRow.name == "prompt_number").values(value=CounterRow.value + 1))
             number = s.execute(select(CounterRow.value).where(CounterRow.name == "prompt_number")).scalar_one()
             if front:

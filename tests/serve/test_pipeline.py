@@ -71,6 +71,9 @@ def test_build_app_returns_application_with_named_stages(demo_models_dir):
                 walk(arg)
 
     walk(app)
+    assert names == {"Ingress", "TextEncoder", "Sampler", "VAE", "LLM", "AgentRunner"}
+    names.clear()
+    walk(build_app({"models_dir": str(demo_models_dir), "agents": False}))
     assert names == {"Ingress", "TextEncoder", "Sampler", "VAE"}
 
 

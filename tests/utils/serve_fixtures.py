@@ -59,10 +59,11 @@ def ray_session():
     yield ray
     from ray import serve
 
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
+    if ray.is_initialized():  # an own_cluster test may have shut it down already
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -153,5 +153,15 @@ def test_resubmitting_with_same_prompt_id_is_idempotent(args):
         assert len(client.get("/queue").json()["queue_pending"]) == 1
 
 
+def test_concurrent_first_submissions_on_a_fresh_database_all_succeed(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    stores = [JobStore(url) for _ in range(4)]  # several replicas opening the same new database
+    with ThreadPoolExecutor(8) as pool:
+        jobs = list(pool.map(lambda i: stores[i % 4].create_job(prompt={"i": i}, output_ids=["9"]), range(16)))
+    assert sorted(j.number for j in jobs) == list(range(1, 17))
+
+
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__]))
