@@ -10,8 +10,14 @@ pytest_plugins = ["tests.utils.serve_fixtures"]
 
 
 def pytest_collection_modifyitems(session, config, items):
-    # Tests that start their own Ray cluster (the README's 'genserve up') run after every
-    # test that shares the session's Ray instance, which they shut down first.
-    own = [i for i in items if i.get_closest_marker("own_cluster")]
-    rest = [i for i in items if not i.get_closest_marker("own_cluster")]
-    items[:] = rest + own
+    """Unit tests first (no Ray), then Serve, then end-to-end; tests that start their own Ray
+    cluster (the README's 'genserve up', multi-node) run last, after the shared one is shut down."""
+    order = {"unit": 0, "serve": 1, "e2e": 2}
+
+    def key(item):
+        if item.get_closest_marker("own_cluster"):
+            return 9
+        parts = item.nodeid.split("/")
+        return order.get(parts[1], 3) if len(parts) > 1 and parts[0] == "tests" else 3
+
+    items.sort(key=key)  # stable: file order is kept within a group

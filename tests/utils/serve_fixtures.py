@@ -80,8 +80,9 @@ def serve_env(ray_session, demo_models_dir, tmp_path_factory) -> ServeEnv:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     from deployments.llm.demo import fetch_smollm2
 
-    fetch_smollm2(demo_models_dir)  # the LLM stage serves SmolLM2 from models/llm
-    args = {"image_service_url": f"http://127.0.0.1:{port}", "llm_stage": {"num_replicas": 1},"models_dir": str(demo_models_dir), "data_dir": str(data_dir), "lease_s": 10.0, "max_concurrent_jobs": 16,
+    # NOTE: into its own folder: the shared demo bundle must stay as init_demo wrote it.
+    gguf = fetch_smollm2(tmp_path_factory.mktemp("llm-models"))
+    args = {"image_service_url": f"http://127.0.0.1:{port}", "llm_stage": {"num_replicas": 1}, "llm": {"model": str(gguf)},"models_dir": str(demo_models_dir), "data_dir": str(data_dir), "lease_s": 10.0, "max_concurrent_jobs": 16,
             # tests ask for a fixed replica count so batching is observable on one sampler replica
             "sampler": {"num_replicas": 1}, "text_encoder": {"num_replicas": 1}, "vae": {"num_replicas": 1}}
     serve.run(build_app(args), name="genserve", route_prefix="/", blocking=False)

@@ -11,16 +11,28 @@ from deployments.common import observability as obs
 
 
 def test_metrics_are_no_ops_outside_ray():
-    import ray
+    # In a fresh interpreter: the test session may have a Ray instance up already.
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    assert not ray.is_initialized()
-    c = obs.counter("genserve_test_total", "test", tag_keys=("result",))
-    c.inc(tags={"result": "hit"})
-    obs.histogram("genserve_test_ms", "test").observe(3.0)
-    obs.gauge("genserve_test_gauge", "test").set(1)
-    obs.observe_queue_wait("sampler", [0.0, 1.0], now=2.0)
-    assert c._metric is None  # nothing was created
-    assert obs.counter("genserve_test_total", "again") is c  # one object per name
+    code = """
+import ray
+from deployments.common import observability as obs
+assert not ray.is_initialized()
+c = obs.counter("genserve_test_total", "test", tag_keys=("result",))
+c.inc(tags={"result": "hit"})
+obs.histogram("genserve_test_ms", "test").observe(3.0)
+obs.gauge("genserve_test_gauge", "test").set(1)
+obs.observe_queue_wait("sampler", [0.0, 1.0], now=2.0)
+assert c._metric is None  # nothing was created
+assert obs.counter("genserve_test_total", "again") is c  # one object per name
+assert not ray.is_initialized()
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]
 
 
 def test_prompt_id_of():
