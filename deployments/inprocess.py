@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from deployments.common.aio import iterate_in_thread
-from graphs.backends import Backends, CancelToken, ProgressFn
+from graphs.backends import Backends, CancelToken, ProgressFn, report_progress
 from graphs.errors import ExecutionInterrupted
 from graphs.types import ClipRef, ConditioningEntry, SampleRequest, SamplerOutput, SamplerProgress, VaeRef
 
@@ -34,17 +34,13 @@ class InProcessSampler:
         result: SamplerOutput | None = None
         async for events in iterate_in_thread(lambda: self.model.iter_batch([request], is_cancelled=is_cancelled)):
             event = events[0]
-            if isinstance(event, SamplerProgress) and progress is not None:
-                maybe = progress(event.step, event.total)
-                if asyncio.iscoroutine(maybe):
-                    await maybe
+            if isinstance(event, SamplerProgress):
+                await report_progress(progress, event.step, event.total)
             elif isinstance(event, SamplerOutput):
                 result = event
                 # The sampler reports its last step as the output itself; ComfyUI clients expect value == max.
-                if progress is not None and event.steps_run:
-                    maybe = progress(event.steps_run, event.steps_run)
-                    if asyncio.iscoroutine(maybe):
-                        await maybe
+                if event.steps_run:
+                    await report_progress(progress, event.steps_run, event.steps_run)
             elif event is not None and type(event).__name__ == "SamplerCancelled":
                 raise ExecutionInterrupted()
         if result is None:

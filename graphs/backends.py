@@ -17,6 +17,15 @@ from graphs.types import ClipRef, ConditioningEntry, SampleRequest, SamplerOutpu
 ProgressFn = Callable[[int, int], Awaitable[None] | None]
 
 
+async def report_progress(progress: ProgressFn | None, value: int, maximum: int) -> None:
+    """Call a sync or async progress callback."""
+    if progress is None:
+        return
+    maybe = progress(value, maximum)
+    if asyncio.iscoroutine(maybe):
+        await maybe
+
+
 class CancelToken:
     """Set once when a prompt is interrupted; stages poll it between steps."""
 

@@ -121,7 +121,7 @@ def validate_workflow(
         if not node.class_type:
             return ValidationResult(
                 ok=False,
-                error=_err("invalid_prompt", f"Cannot execute because a node is missing the class_type property.", f"Node ID '#{node_id}'"),
+                error=_err("invalid_prompt", "Cannot execute because a node is missing the class_type property.", f"Node ID '#{node_id}'"),
             )
         if node.class_type not in registry:
             return ValidationResult(

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path

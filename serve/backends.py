@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from graphs.backends import Backends, CancelToken, ProgressFn
+from graphs.backends import Backends, CancelToken, ProgressFn, report_progress
 from graphs.errors import ExecutionInterrupted
 from graphs.types import ClipRef, ConditioningEntry, SampleRequest, SamplerOutput, SamplerProgress, VaeRef
 
@@ -75,17 +75,12 @@ class ServeSampler:
         try:
             async for event in gen:
                 if isinstance(event, SamplerProgress):
-                    if progress is not None:
-                        maybe = progress(event.step, event.total)
-                        if asyncio.iscoroutine(maybe):
-                            await maybe
+                    await report_progress(progress, event.step, event.total)
                 elif isinstance(event, SamplerOutput):
                     result = event
                     # The sampler reports its last step as the output itself; ComfyUI clients expect value == max.
-                    if progress is not None and event.steps_run:
-                        maybe = progress(event.steps_run, event.steps_run)
-                        if asyncio.iscoroutine(maybe):
-                            await maybe
+                    if event.steps_run:
+                        await report_progress(progress, event.steps_run, event.steps_run)
         except Exception as exc:
             if cancel is not None and cancel.cancelled:
                 raise ExecutionInterrupted() from exc

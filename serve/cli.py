@@ -136,7 +136,6 @@ def run_workflow(
         console.print(f"[red]failed:[/] {exc}")
         raise typer.Exit(1)
     service.store.finish(prompt_id=job.prompt_id, owner=None, status="success", outputs=res.outputs)
-    out_dir = data_dir / "output"
     for node_id, out in res.outputs.items():
         for img in out.get("images", []):
             data, _ = service.artifacts.read(kind=img["type"], filename=img["filename"], subfolder=img["subfolder"])

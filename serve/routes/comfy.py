@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import mimetypes
 import platform
 import sys
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 
 from serve.routes.deps import ServiceDep, WsServiceDep
 from serve.schemas import HistoryRequest, InterruptRequest, PromptResponse, QueueRequest, UploadResponse

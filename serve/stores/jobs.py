@@ -24,7 +24,6 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
-    Text,
     create_engine,
     delete,
     event,
