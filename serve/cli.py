@@ -222,6 +222,19 @@ def _start_ray_head(num_cpus: float, dashboard_port: int, resources: str | None,
         raise typer.Exit(1)
 
 
+def _ray_auth_env() -> None:
+    """Use Ray's token auth consistently with the head we start or join.
+
+    NOTE: `ray start --head` turns token auth on and keeps the token in ~/.ray/auth_token, but
+    `ray.init(address="host:port")` (unlike address="auto") only sends it when RAY_AUTH_MODE is
+    set; without this the CLI cannot connect to the head it just started.
+    """
+    if "RAY_AUTH_MODE" not in os.environ:
+        # `ray start --head` creates ~/.ray/auth_token if it is missing, so token mode is right
+        # for a head started here; a cluster run with auth disabled sets RAY_AUTH_MODE=disabled.
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     import socket
 
@@ -247,6 +260,7 @@ def up(
 ) -> None:
     """Start (or join) a Ray cluster and serve genserve on http://HOST:PORT (ComfyUI-compatible)."""
     _setup_logging(False)
+    _ray_auth_env()  # NOTE: before importing ray: Ray reads RAY_AUTH_MODE when it loads
     import ray
     from ray import serve
 
@@ -332,6 +346,7 @@ def down(
     address: Optional[str] = typer.Option(None, envvar="GENSERVE_RAY_ADDRESS", help="Ray cluster to stop the app on."),
 ) -> None:
     """Stop the app (and the local Ray head started by 'genserve up')."""
+    _ray_auth_env()  # NOTE: before importing ray: Ray reads RAY_AUTH_MODE when it loads
     import ray
     from ray import serve
 
@@ -358,6 +373,7 @@ def status(
     address: Optional[str] = typer.Option(None, envvar="GENSERVE_RAY_ADDRESS"),
 ) -> None:
     """Show the Serve applications and deployments."""
+    _ray_auth_env()  # NOTE: before importing ray: Ray reads RAY_AUTH_MODE when it loads
     import ray
     from ray import serve
 

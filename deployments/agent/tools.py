@@ -309,7 +309,7 @@ def action_json_schema(tool_specs: list[dict[str, Any]], *, max_thought_chars: i
         "type": "object",
         "properties": {
             "thought": thought, "action": {"const": "final_answer"},
-            "action_input": {"type": "object", "properties": {"answer": {"type": "string"}},
+            "action_input": {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 500}},
                              "required": ["answer"], "additionalProperties": False},
         },
         "required": ["thought", "action", "action_input"],
@@ -394,7 +394,9 @@ def safe_eval(expression: str) -> int | float:
 
 class CalculatorArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    expression: str = Field(..., min_length=1, max_length=500,
+    # NOTE: the length caps double as stop points for constrained decoding: small models ramble
+    # inside an unbounded string until max_tokens cuts the JSON (seen with SmolLM2-135M).
+    expression: str = Field(..., min_length=1, max_length=120,
                             description="Arithmetic such as '(3 + 4) * 2 / sqrt(16)'.")
 
 
@@ -447,8 +449,8 @@ _ARTIFACT_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 class GenerateImageArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: str = Field(..., min_length=1, max_length=1000, description="What the image should show.")
-    negative_prompt: str | None = Field(None, max_length=1000, description="What the image should not show.")
+    prompt: str = Field(..., min_length=1, max_length=300, description="What the image should show.")
+    negative_prompt: str | None = Field(None, max_length=200, description="What the image should not show.")
     workflow: str = Field("txt2img", pattern=_WORKFLOW_NAME, max_length=64, description="Name of the image workflow to run.")
     workflow_version: str | None = Field(None, max_length=64,
                                          description="Exact workflow version; the current one when omitted.")
