@@ -89,3 +89,15 @@ def serve_env(ray_session, demo_models_dir, tmp_path_factory) -> ServeEnv:
     env = ServeEnv(f"http://127.0.0.1:{port}", data_dir, Path(demo_models_dir), args)
     wait_healthy(env.base_url)
     return env
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A moto S3 server over real HTTP on 127.0.0.1 (server mode, not in-process patching)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

@@ -83,17 +83,6 @@ def test_local_corruption_is_detected(tmp_path):
 # -- S3 over HTTP (moto server mode) ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture()
 def s3(moto_endpoint, request):
     bucket = "genserve-" + request.node.name.replace("_", "-")[:40].lower()

@@ -12,33 +12,20 @@ import json
 import time
 
 import c2pa
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from serve.config import AppArgs
-from serve.ingress import create_fastapi_app
 from serve.service import GenServeService
+from tests.utils.local_app import make_replica
 from tests.utils.workflows import example, txt2img
 
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 
 
 def make_client(args: AppArgs, backends) -> tuple[TestClient, GenServeService]:
-    service = GenServeService(args, backends)
-    app = create_fastapi_app()
-    app.state.service = service
-
-    async def start() -> None:
-        service.runner.start()
-
-    async def stop() -> None:
-        await service.runner.stop()
-
-    app.router.on_startup.append(start)
-    app.router.on_shutdown.append(stop)
-    return TestClient(app), service
+    return make_replica(args, backends, run_jobs=True)
 
 
 @pytest.fixture(scope="module")
@@ -209,17 +196,6 @@ def test_workflow_versions_run_by_ref_and_recorded(env):
     assert art["id"] in {a["id"] for a in listed["data"]}
     assert client.post("/v1/workflows/run", json={"workflow_ref": "nope@3"}).status_code == 404
     assert client.get("/v1/workflows/demo-txt2img").json()["version"] == 2
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 def test_s3_artifact_store_over_http(demo_models_dir, backends, moto_endpoint, tmp_path, monkeypatch):

@@ -8,27 +8,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve.config import AppArgs
-from serve.ingress import create_fastapi_app
 from serve.service import GenServeService
 from serve.stores.jobs import JobStore
 from tests.fakes.backends import fake_backends
+from tests.utils import local_app
 from tests.utils.workflows import txt2img
 
 
 def make_replica(args: AppArgs, run_jobs: bool, **sampler_kw) -> tuple[TestClient, GenServeService]:
-    service = GenServeService(args, fake_backends(**sampler_kw))
-    app = create_fastapi_app()
-    app.state.service = service
-    if run_jobs:
-        async def start() -> None:
-            service.runner.start()
-
-        async def stop() -> None:
-            await service.runner.stop()
-
-        app.router.on_startup.append(start)
-        app.router.on_shutdown.append(stop)
-    return TestClient(app), service
+    return local_app.make_replica(args, fake_backends(**sampler_kw), run_jobs=run_jobs)
 
 
 @pytest.fixture
