@@ -218,8 +218,6 @@ class Executor:
 
         executed: list[str] = []
         futures: dict[str, asyncio.Future] = {nid: asyncio.get_running_loop().create_future() for nid in to_run}
-        for nid in cached_list:
-            pass
 
         async def run_node(nid: str) -> None:
             node = wf.nodes[nid]

@@ -14,7 +14,6 @@ Writes load_tests/results/bench_pipeline.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import socket
@@ -81,6 +80,7 @@ def main() -> None:
     from deployments.checkpoints.demo import init_demo
     from deployments.checkpoints.layout import ModelsDir
     from serve.app import build_app
+    from serve.health import wait_healthy
 
     models_dir = Path(opts.models_dir)
     init_demo(ModelsDir(models_dir))  # no-op when present
@@ -98,14 +98,8 @@ def main() -> None:
                 "sampler": {"num_replicas": 1, "user_config": {"max_batch_size": batch, "batch_wait_timeout_s": 0.05 if batch > 1 else 0.0, "torch_threads": 2}},
                 "text_encoder": {"num_replicas": 1}, "vae": {"num_replicas": 1}}
         serve.run(build_app(args), name="genserve", route_prefix="/", blocking=False)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        if not wait_healthy(url, 300):
+            raise RuntimeError("the benchmark app did not become healthy")
 
     deploy(8)
     served_run(url, workflow(0, opts.steps, opts.size, "warm up"))
@@ -130,7 +124,7 @@ def main() -> None:
     for i in range(opts.repeats):  # alternate, so machine-load drift hits both sides alike
         inproc.append(diffusers_once(i + 1))
         served.append(served_run(url, workflow(i + 1, opts.steps, opts.size, f"a watercolor painting {uuid.uuid4().hex}")))
-    del pipe
+    pipe = None  # free the in-process copy before the throughput runs
 
     # cache effects (each measured against a cold request with a fresh prompt)
     cold, seed_only, identical = [], [], []

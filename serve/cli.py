@@ -196,20 +196,6 @@ def _ray_bin() -> str:
     return str(exe) if exe.exists() else (shutil.which("ray") or "ray")
 
 
-def _wait_healthy(url: str, timeout_s: float) -> bool:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
 def _start_ray_head(num_cpus: float, dashboard_port: int, resources: str | None, ray_port: int = 6379) -> None:
     cmd = [_ray_bin(), "start", "--head", f"--port={ray_port}", f"--num-cpus={int(num_cpus)}", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={dashboard_port}", "--disable-usage-stats", "--include-dashboard=true"]
@@ -301,7 +287,9 @@ def up(
         serve.run(build_app({"models_dir": str(models_dir.resolve()), "data_dir": str(data_dir.resolve())}),
                   name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
-    if not _wait_healthy(url, timeout_s):
+    from serve.health import wait_healthy
+
+    if not wait_healthy(url, timeout_s):
         console.print(f"[red]the app did not become healthy within {timeout_s:.0f}s[/]; see 'genserve status' and the Ray logs")
         raise typer.Exit(1)
     console.print(f"[green]genserve is serving[/] on {url} (ComfyUI API), Ray dashboard on http://127.0.0.1:{dashboard_port}")

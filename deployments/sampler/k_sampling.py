@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 # Names exactly as ComfyUI spells them: one list, shared with the node specs.
-from graphs.constants import SAMPLER_NAMES, SCHEDULER_NAMES  # noqa: E402,F401  (re-exported)
+from graphs.constants import SAMPLER_NAMES, SCHEDULER_NAMES  # noqa: E402,F401 - re-exported
 
 # ComfyUI computes ``steps + 1`` sigmas for these samplers and drops the penultimate one
 # (the smallest non-zero sigma), because their last step would otherwise be wasted on a

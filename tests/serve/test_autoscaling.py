@@ -11,10 +11,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
+
+from serve.health import wait_healthy
 
 from tests.utils.workflows import txt2img
 
@@ -57,15 +58,7 @@ def autoscale_app(serve_env, tmp_path_factory):
             "agents": False}  # image stages only: no LLM replica in this app
     serve.run(build_app(args), name=APP, route_prefix=PREFIX, blocking=False)
     url = f"{serve_env.base_url}{PREFIX}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
+    if not wait_healthy(url, 300):
         serve.delete(APP)
         raise RuntimeError("autoscale app did not become healthy")
     try:

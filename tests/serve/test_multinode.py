@@ -26,6 +26,8 @@ from typing import Any
 import httpx
 import pytest
 
+from serve.health import wait_healthy
+
 from tests.utils.workflows import txt2img
 
 REPO = Path(__file__).resolve().parents[2]
@@ -166,15 +168,7 @@ def test_sampler_on_worker_node_survives_losing_its_replica(demo_models_dir, tmp
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port})
         serve.run(build_app(args), name=APP, route_prefix="/", blocking=False)
         base = f"http://127.0.0.1:{http_port}"
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
+        if not wait_healthy(base, 300, interval_s=1):
             pytest.fail(f"app not healthy: {serve.status()}")
 
         # 2. Placement: sampler on the worker node, everything else on the head.

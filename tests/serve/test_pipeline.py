@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,7 +41,6 @@ def inprocess_service(demo_models_dir, tmp_path_factory):
 
 def run_inprocess(service, wf) -> np.ndarray:
     from graphs.executor import ExecutionContext
-    from graphs.workflow import parse_workflow
 
     parsed, result = service.validate(wf)
     assert result.ok

@@ -26,3 +26,17 @@ def make_replica(args: AppArgs, backends: Any, run_jobs: bool = True) -> tuple[T
         app.router.on_startup.append(start)
         app.router.on_shutdown.append(stop)
     return TestClient(app), service
+
+
+def wait_finished(client: TestClient, prompt_id: str, timeout: float = 120) -> dict:
+    """Poll ``/v1/jobs/{id}`` until the prompt reaches a final status; returns the job."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{prompt_id}").json()
+        if job.get("status") in ("success", "error", "interrupted"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"prompt {prompt_id} did not finish: {job}")

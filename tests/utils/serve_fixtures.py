@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,10 @@ class ServeEnv:
 
 
 def wait_healthy(url: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(f"{url}/v1/health", timeout=5)
-            if r.status_code == 200:
-                return
-            last = r.status_code
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.5)
-    raise RuntimeError(f"app not healthy after {timeout_s}s: {last}")
+    from serve.health import wait_healthy as poll
+
+    if not poll(url, timeout_s):
+        raise RuntimeError(f"app at {url} not healthy after {timeout_s}s")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 
-from graphs.backends import CancelToken
+
 from graphs.errors import ExecutionInterrupted, NodeExecutionError
 from graphs.executor import ExecutionContext, Executor, OutputCache
 from graphs.registry import default_registry

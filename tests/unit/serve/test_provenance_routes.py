@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import time
 
 import c2pa
 import pytest
@@ -18,6 +17,7 @@ from PIL import Image
 
 from serve.config import AppArgs
 from serve.service import GenServeService
+from tests.utils import local_app
 from tests.utils.local_app import make_replica
 from tests.utils.workflows import example, txt2img
 
@@ -48,13 +48,7 @@ def env(demo_models_dir, backends, tmp_path_factory):
 
 
 def wait_done(client: TestClient, pid: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{pid}").json()
-        if job["status"] in ("success", "error", "interrupted"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"prompt {pid} did not finish")
+    return local_app.wait_finished(client, pid, timeout)
 
 
 def read_c2pa(data: bytes, anchors: bytes | None = None) -> tuple[str, dict]:

@@ -28,13 +28,7 @@ def args(tmp_path, monkeypatch):
 
 
 def wait_status(client: TestClient, pid: str, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{pid}").json()
-        if job["status"] in ("success", "error", "interrupted"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"{pid} did not finish: {job}")
+    return local_app.wait_finished(client, pid, timeout)
 
 
 def test_websocket_on_one_replica_sees_prompt_run_by_another(args):
