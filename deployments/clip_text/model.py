@@ -15,7 +15,9 @@ does for SD1.x:
 * the embedding is ``last_hidden_state`` (SD1.x uses the final layer, after the final
   layer norm); the pooled output is the first chunk's (hidden state at its first EOS).
 
-Parenthesis weighting ``(word:1.2)`` is not implemented: brackets are plain text.
+Emphasis ``(word)`` / ``(word:1.2)`` follows ComfyUI (see :mod:`deployments.clip_text.weights`):
+each token carries a weight, and weighted tokens' hidden states are scaled away from the
+empty prompt's. Textual-inversion ``embedding:name`` references are plain text.
 
 Usage::
 
@@ -38,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deployments import constants
 from deployments.checkpoints.layout import ModelsDir, default_models_dir
+from deployments.clip_text.weights import apply_token_weights, has_emphasis, parse_weighted
 from graphs.types import ClipRef, ConditioningEntry
 
 if TYPE_CHECKING:  # NOTE: the loader imports torch; keep this module cheap to import.
@@ -87,46 +90,62 @@ class _Encoded:
     num_chunks: int
 
 
-def tokenize_prompt(tokenizer: Any, text: str) -> list[list[int]]:
-    """Splits a prompt into 77-token CLIP chunks, ComfyUI style.
+def tokenize_weighted(tokenizer: Any, text: str) -> tuple[list[list[int]], list[list[float]]]:
+    """Splits a prompt into 77-token CLIP chunks with a weight per token, ComfyUI style.
 
     Args:
         tokenizer (`CLIPTokenizer`): The CLIP tokenizer.
-        text (`str`): The prompt.
+        text (`str`): The prompt, with optional ``(word:1.2)`` emphasis.
 
     Returns:
-        One list of 77 ids per chunk: ``[BOS, tokens..., EOS, EOS padding...]``; at least
-        one chunk (an empty prompt gives ``[BOS, EOS, EOS, ...]``).
+        ``(ids, weights)``: one list of 77 ids per chunk, ``[BOS, tokens..., EOS, EOS
+        padding...]`` (at least one chunk: an empty prompt gives ``[BOS, EOS, EOS, ...]``),
+        and the same shape of weights (1.0 for BOS, EOS and padding).
     """
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = eos  # SD1.x pads with the end token
-    words = [w for w in text.replace("\n", " ").split(" ") if w]
-    word_tokens: list[list[int]] = tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+    word_tokens: list[tuple[list[int], float]] = []
+    for segment, weight in parse_weighted(text):
+        words = [w for w in segment.replace("\n", " ").split(" ") if w]
+        if words:
+            word_tokens.extend((list(ids), weight) for ids in tokenizer(words, add_special_tokens=False)["input_ids"])
 
     chunks: list[list[int]] = []
-    batch = [bos]
-    for group in word_tokens:
-        group = list(group)
+    chunk_weights: list[list[float]] = []
+    batch, weights = [bos], [1.0]
+    for group, weight in word_tokens:
         is_large = len(group) >= MAX_WORD_LENGTH
         while group:
             if len(group) + len(batch) > CHUNK_LENGTH - 1:
                 remaining = CHUNK_LENGTH - len(batch) - 1
                 if is_large:  # split the long word across chunks
                     batch.extend(group[:remaining])
+                    weights.extend([weight] * remaining)
                     group = group[remaining:]
                     batch.append(eos)
+                    weights.append(1.0)
                 else:  # close this chunk, the word starts the next one
                     batch.append(eos)
                     batch.extend([pad] * remaining)
+                    weights.extend([1.0] * (remaining + 1))
                 chunks.append(batch)
-                batch = [bos]
+                chunk_weights.append(weights)
+                batch, weights = [bos], [1.0]
             else:
                 batch.extend(group)
+                weights.extend([weight] * len(group))
                 group = []
     batch.append(eos)
     batch.extend([pad] * (CHUNK_LENGTH - len(batch)))
+    weights.extend([1.0] * (CHUNK_LENGTH - len(weights)))
     chunks.append(batch)
-    return chunks
+    chunk_weights.append(weights)
+    return chunks, chunk_weights
+
+
+def tokenize_prompt(tokenizer: Any, text: str) -> list[list[int]]:
+    """The token ids of :func:`tokenize_weighted` (one list of 77 ids per chunk)."""
+    return tokenize_weighted(tokenizer, text)[0]
 
 
 class ClipTextModel:
@@ -235,8 +254,11 @@ class ClipTextModel:
 
         with self._encode_lock:
             tokenizer, encoder = self.loader.text_encoder(clip)
-            per_text = [tokenize_prompt(tokenizer, t) for t in texts]
-            flat = [chunk for chunks in per_text for chunk in chunks]
+            per_text = [tokenize_weighted(tokenizer, t) for t in texts]
+            flat = [chunk for chunks, _ in per_text for chunk in chunks]
+            weighted = any(has_emphasis(w) for _, w in per_text)
+            if weighted:  # emphasis is relative to the empty prompt's hidden states
+                flat.append(tokenize_prompt(tokenizer, "")[0])
             device = next(encoder.parameters()).device
             hidden_parts, pooled_parts = [], []
             with torch.inference_mode():
@@ -251,10 +273,14 @@ class ClipTextModel:
             pooled = torch.cat(pooled_parts).numpy()
         logger.debug("Encoded %d prompts (%d chunks) with %s", len(texts), len(flat), clip.key())
 
+        empty = hidden[-1] if weighted else None
         encoded, offset = [], 0
-        for chunks in per_text:
+        for chunks, weights in per_text:
             k = len(chunks)
-            embedding = hidden[offset : offset + k].reshape(1, k * CHUNK_LENGTH, -1)
+            states = hidden[offset : offset + k]
+            if empty is not None and has_emphasis(weights):
+                states = apply_token_weights(states, np.asarray(weights, dtype=np.float32), empty)
+            embedding = states.reshape(1, k * CHUNK_LENGTH, -1)
             encoded.append(
                 _Encoded(
                     np.ascontiguousarray(embedding, dtype=np.float32), pooled[offset : offset + 1].astype(np.float32), k

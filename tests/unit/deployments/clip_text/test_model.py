@@ -9,7 +9,7 @@ import pydantic
 import pytest
 
 from deployments import constants
-from deployments.clip_text.model import ClipTextConfig, ClipTextModel, tokenize_prompt
+from deployments.clip_text.model import ClipTextConfig, ClipTextModel, tokenize_prompt, tokenize_weighted
 from graphs.types import ClipRef, ConditioningEntry, LoraRef
 
 CLIP = ClipRef(constants.DEMO_CHECKPOINT)
@@ -98,3 +98,27 @@ def test_bad_input(model: ClipTextModel) -> None:
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__]))
+
+
+def test_emphasis_scales_only_the_weighted_tokens_away_from_the_empty_prompt(model: ClipTextModel, demo_loader) -> None:
+    tokenizer, _ = demo_loader.text_encoder(CLIP)
+    ids, weights = tokenize_weighted(tokenizer, "a (red:1.5) car")
+    assert ids == tokenize_prompt(tokenizer, "a red car")  # brackets and weights are not tokens
+    assert len(tokenizer("red", add_special_tokens=False).input_ids) == 1
+    assert weights[0][:5] == [1.0, 1.0, 1.5, 1.0, 1.0] and set(weights[0][5:]) == {1.0}
+    plain, empty, weighted = model.encode_prompt(CLIP, ["a red car", "", "a (red:1.5) car"])
+    z, z0, zw = plain.embedding[0], empty.embedding[0], weighted.embedding[0]
+    np.testing.assert_allclose(zw[2], (z[2] - z0[2]) * 1.5 + z0[2], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(zw[2], z[2])
+    keep = [i for i in range(77) if i != 2]
+    np.testing.assert_allclose(zw[keep], z[keep], atol=1e-6)
+    np.testing.assert_allclose(weighted.pooled, plain.pooled, atol=1e-6)
+
+
+def test_weight_one_and_escaped_brackets_encode_like_plain_text(model: ClipTextModel, demo_loader) -> None:
+    tokenizer, _ = demo_loader.text_encoder(CLIP)
+    a, b = model.encode_prompt(CLIP, ["(a cat:1.0)", "a cat"])
+    np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-6)
+    [chunk] = tokenize_prompt(tokenizer, r"\(a cat\)")
+    literal = tokenizer(["(a", "cat)"], add_special_tokens=False).input_ids
+    assert chunk[: 1 + len(literal[0]) + len(literal[1])] == [BOS] + literal[0] + literal[1]

@@ -1,0 +1,131 @@
+"""Prompt emphasis ``(word:1.2)`` with ComfyUI's semantics.
+
+ComfyUI users write emphasis into their prompts, and a workflow moved to genserve must
+encode the same way. The syntax:
+
+* ``(text)`` multiplies the weight of ``text`` by 1.1; nesting multiplies again, so
+  ``((text))`` is 1.21;
+* ``(text:1.5)`` sets the weight of ``text`` to 1.5 (absolute, not multiplied by an
+  enclosing group), where the number follows the group's last colon; a suffix that is not a
+  number (``(a:b)``) leaves the text as is and counts as plain ``(...)``;
+* ``\\(`` and ``\\)`` are literal brackets; an unmatched ``)`` is literal text, and an
+  unmatched ``(`` leaves the rest of the prompt as literal text at the current weight.
+
+Weights are applied to the encoder's output per token, relative to the empty prompt's
+output: ``z = (z - z_empty) * w + z_empty`` (see :func:`apply_token_weights`). Prompts
+without emphasis encode exactly as before.
+
+Usage::
+
+    parse_weighted("a (red:1.3) car")
+    # [("a ", 1.0), ("red", 1.3), (" car", 1.0)]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Weight of a bare ``(...)`` group, per nesting level.
+EMPHASIS = 1.1
+
+# NOTE: escaped brackets are swapped for private-use characters while parsing, then restored.
+_ESCAPES = {"\\(": "\ue000", "\\)": "\ue001"}
+
+
+def _escape(text: str) -> str:
+    for seq, mark in _ESCAPES.items():
+        text = text.replace(seq, mark)
+    return text
+
+
+def _unescape(text: str) -> str:
+    for seq, mark in _ESCAPES.items():
+        text = text.replace(mark, seq[1])
+    return text
+
+
+def _split_groups(text: str) -> list[str]:
+    """Top-level pieces: plain runs and balanced ``(...)`` groups (kept with their brackets)."""
+    pieces: list[str] = []
+    current = ""
+    depth = 0
+    for ch in text:
+        if ch == "(":
+            if depth == 0 and current:
+                pieces.append(current)
+                current = ""
+            depth += 1
+            current += ch
+        elif ch == ")" and depth > 0:
+            depth -= 1
+            current += ch
+            if depth == 0:
+                pieces.append(current)
+                current = ""
+        else:
+            current += ch
+    if current:
+        # NOTE: with depth > 0 this is an unclosed "(" run: kept as literal text.
+        pieces.append(current)
+    return pieces
+
+
+def _weights(text: str, weight: float) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    for piece in _split_groups(text):
+        if len(piece) >= 2 and piece[0] == "(" and piece[-1] == ")":
+            inner = piece[1:-1]
+            inner_weight = weight * EMPHASIS
+            colon = inner.rfind(":")
+            if colon > 0:
+                try:
+                    inner_weight = float(inner[colon + 1 :])
+                    inner = inner[:colon]
+                except ValueError:
+                    pass
+            out.extend(_weights(inner, inner_weight))
+        else:
+            out.append((piece, weight))
+    return out
+
+
+def parse_weighted(text: str) -> list[tuple[str, float]]:
+    """Splits a prompt into ``(segment, weight)`` pairs.
+
+    Args:
+        text (`str`): The prompt, with optional emphasis syntax.
+
+    Returns:
+        The segments in order with their weights; brackets and weight suffixes removed,
+        escaped brackets restored as literal ``(`` / ``)``. Adjacent segments of equal weight
+        are merged.
+    """
+    merged: list[tuple[str, float]] = []
+    for segment, weight in _weights(_escape(text), 1.0):
+        segment = _unescape(segment)
+        if merged and merged[-1][1] == weight:
+            merged[-1] = (merged[-1][0] + segment, weight)
+        else:
+            merged.append((segment, weight))
+    return merged
+
+
+def has_emphasis(weights: list[list[float]]) -> bool:
+    """True when any token weight differs from 1."""
+    return any(w != 1.0 for chunk in weights for w in chunk)
+
+
+def apply_token_weights(hidden: np.ndarray, weights: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """Scales each token's hidden state away from the empty prompt's.
+
+    Args:
+        hidden (`np.ndarray`): ``(k, 77, D)`` encoder outputs of one prompt's chunks.
+        weights (`np.ndarray`): ``(k, 77)`` per-token weights.
+        empty (`np.ndarray`): ``(77, D)`` encoder output of the empty prompt.
+
+    Returns:
+        ``(k, 77, D)``: ``(hidden - empty) * w + empty`` where ``w != 1``, ``hidden`` elsewhere.
+    """
+    w = weights[..., None].astype(hidden.dtype)
+    scaled = (hidden - empty[None]) * w + empty[None]
+    return np.where(w != 1.0, scaled, hidden)
