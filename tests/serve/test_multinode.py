@@ -185,14 +185,16 @@ def test_sampler_on_worker_node_survives_losing_its_replica(demo_models_dir, tmp
             # 4. Load, then kill the sampler replica while prompts are sampling.
             accepted = []
             for i in range(8):
-                wf = txt2img(seed=random.randrange(1, 2**31), steps=40, size=64)
+                # NOTE: long enough that the kill always lands mid-sampling, however fast the machine
+                wf = txt2img(seed=random.randrange(1, 2**31), steps=300, size=64)
                 r = c.post("/prompt", json={"prompt": wf, "client_id": "multinode"})
                 assert r.status_code == 200, r.text
                 accepted.append(r.json()["prompt_id"])
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not c.get("/queue").json()["queue_running"]:
+            deadline = time.monotonic() + 120  # until the sampler is in its denoising loop
+            while time.monotonic() < deadline and not any(
+                e["type"] == "progress" for pid in accepted for e in c.get(f"/v1/jobs/{pid}/events").json()
+            ):
                 time.sleep(0.2)
-            time.sleep(1.5)  # let the sampler get into its denoising loop
             (victim,) = replicas["Sampler"]
             killed_at = time.monotonic()
             ray.kill(ray.get_actor(victim["name"], namespace="serve"), no_restart=True)
