@@ -158,7 +158,7 @@ def version_key(version: str) -> tuple:
 
 
 def parse_tool_ref(ref: str) -> tuple[str, str | None]:
-    """``"calculator@1.0.0"`` -> ``("calculator", "1.0.0")``; ``"calculator"`` -> ``("calculator", None)``."""
+    """``"calculator@1.1.0"`` -> ``("calculator", "1.1.0")``; ``"calculator"`` -> ``("calculator", None)``."""
     name, sep, version = ref.partition("@")
     return name.strip(), (version.strip() or None) if sep else None
 
@@ -171,7 +171,7 @@ class ToolRegistry:
         registry = ToolRegistry()
         registry.register(CalculatorTool())
         registry.get("calculator")            # latest version
-        registry.resolve("calculator@1.0.0")  # exact
+        registry.resolve("calculator@1.1.0")  # exact
     """
 
     def __init__(self) -> None:
@@ -323,6 +323,7 @@ def action_json_schema(tool_specs: list[dict[str, Any]], *, max_thought_chars: i
 _BIN_OPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.BitXor: operator.pow,  # "^" is a power on calculators; nobody means exclusive or here
 }
 _UNARY_OPS: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCS: dict[str, Callable[..., Any]] = {
@@ -342,9 +343,14 @@ class CalculatorError(ValueError):
 def safe_eval(expression: str) -> int | float:
     """Evaluate arithmetic without `eval`: numbers, ``+ - * / // % **``, parentheses, a few math functions.
 
+    ``^`` is a power, as on calculators (``3^7`` is 2187), not Python's exclusive or.
+
     Raises:
-        CalculatorError: anything else (names, attributes, strings, huge powers, ...).
+        CalculatorError: anything else (names, attributes, strings, huge powers, ...), with a
+            message that says what to send instead.
     """
+    if "=" in expression:
+        raise CalculatorError("send only the expression to compute, without '=' or a result (e.g. '1234 + 5678')")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
@@ -364,7 +370,7 @@ def safe_eval(expression: str) -> int | float:
         if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
             left, right = ev(node.left), ev(node.right)
             # NOTE: bound powers before computing them: 9**9**9 would hang the worker.
-            if isinstance(node.op, ast.Pow) and (abs(right) > _MAX_POW_EXP or (abs(left) > 1e6 and abs(right) > 50)):
+            if isinstance(node.op, (ast.Pow, ast.BitXor)) and (abs(right) > _MAX_POW_EXP or (abs(left) > 1e6 and abs(right) > 50)):
                 raise CalculatorError("power too large")
             result = _BIN_OPS[type(node.op)](left, right)
             if isinstance(result, complex):
@@ -373,7 +379,12 @@ def safe_eval(expression: str) -> int | float:
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
                 and not node.keywords):
             return _FUNCS[node.func.id](*[ev(a) for a in node.args])
-        raise CalculatorError(f"unsupported syntax: {type(node).__name__}")
+        if isinstance(node, ast.BinOp):
+            raise CalculatorError(f"unsupported operator in {ast.unparse(node)[:60]!r}; use + - * / // % ** or ^")
+        if isinstance(node, ast.Name) or (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+            name = node.id if isinstance(node, ast.Name) else node.func.id  # type: ignore[union-attr]
+            raise CalculatorError(f"unknown name {name!r}; functions: {', '.join(_FUNCS)}; constants: pi, e")
+        raise CalculatorError(f"unsupported syntax in {ast.unparse(node)[:60]!r} ({type(node).__name__})")
 
     try:
         value = ev(tree)
@@ -404,8 +415,9 @@ class CalculatorTool(Tool):
     """Exact arithmetic for the model (``+ - * / // % **``, parentheses, sqrt/log/sin/... and pi, e)."""
 
     name = "calculator"
-    version = "1.0.0"
-    description = ("Evaluate an arithmetic expression: numbers, + - * / // % **, parentheses, "
+    # 1.1.0: "^" is a power; errors say what to send instead.
+    version = "1.1.0"
+    description = ("Evaluate an arithmetic expression: numbers, + - * / // % ** ^, parentheses, "
                    "abs round min max sqrt log log10 exp sin cos tan floor ceil, pi, e.")
     args_model = CalculatorArgs
 

@@ -54,7 +54,7 @@ async def test_llm_policy_uses_json_schema_and_counts_tokens():
     assert call["json_schema"]["anyOf"][0]["properties"]["action"]["const"] == "calculator"
     assert (call["max_tokens"], call["temperature"], call["seed"]) == (64, 0.3, 5)
     system = call["messages"][0]["content"]
-    assert system.startswith("Be brief.") and "calculator@1.0.0" in system and len(call["messages"]) == 2
+    assert system.startswith("Be brief.") and "calculator@1.1.0" in system and len(call["messages"]) == 2
 
 
 async def test_llm_policy_without_schema_parses_free_text_and_reports_malformed_output():

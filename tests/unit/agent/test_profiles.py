@@ -37,17 +37,17 @@ def test_default_profile_loads_against_the_builtin_tools():
 def test_unknown_tool_in_profile_fails_at_load(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(PROFILE.format(name="p", tools="[calculator, shell]"))
-    with pytest.raises(ProfileError, match=r"allows tool 'shell', which is not registered.*calculator@1.0.0"):
+    with pytest.raises(ProfileError, match=r"allows tool 'shell', which is not registered.*calculator@1.1.0"):
         load_profile(path, default_registry())
 
 
 def test_pinned_versions(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text(PROFILE.format(name="p", tools="[calculator@1.0.0]"))
+    path.write_text(PROFILE.format(name="p", tools="[calculator@1.1.0]"))
     registry = default_registry()
-    assert [t.ref for t in load_profile(path, registry).resolve_tools(registry)] == ["calculator@1.0.0"]
+    assert [t.ref for t in load_profile(path, registry).resolve_tools(registry)] == ["calculator@1.1.0"]
     path.write_text(PROFILE.format(name="p", tools="[calculator@2.0.0]"))
-    with pytest.raises(ProfileError, match="known versions: 1.0.0"):
+    with pytest.raises(ProfileError, match="known versions: 1.1.0"):
         load_profile(path, registry)
 
 

@@ -62,12 +62,12 @@ def test_async_run_then_poll_and_trajectory(client):
     run = wait_for(client, body["id"])
     assert run["status"] == C.SUCCEEDED and run["final_answer"] == "42"
     assert (run["tokens_in"], run["tokens_out"], run["steps"]) == (20, 10, 2)
-    assert run["tools"]["calculator"] == "1.0.0"
+    assert run["tools"]["calculator"] == "1.1.0"
 
     traj = client.get(f"/v1/agent/runs/{body['id']}/trajectory").json()
     assert traj["run"]["id"] == body["id"]
     first, last = traj["steps"]
-    assert first["tool_call"] == {"name": "calculator", "version": "1.0.0", "arguments": {"expression": "6 * 7"}}
+    assert first["tool_call"] == {"name": "calculator", "version": "1.1.0", "arguments": {"expression": "6 * 7"}}
     assert first["observation"]["data"]["result"] == 42
     assert (first["tokens_in"], first["tokens_out"]) == (10, 5) and first["latency_ms"] >= 0
     assert first["cost_usd"] == pytest.approx(0.02) and first["kind"] == "tool"

@@ -33,7 +33,7 @@ async def test_happy_path_calculator(make_runner, store):
     steps = store.steps("r1")
     assert [s.kind for s in steps] == [C.STEP_TOOL, C.STEP_FINAL]
     first = steps[0]
-    assert (first.tool, first.tool_version, first.arguments) == ("calculator", "1.0.0", {"expression": "17 * 23"})
+    assert (first.tool, first.tool_version, first.arguments) == ("calculator", "1.1.0", {"expression": "17 * 23"})
     assert first.observation["ok"] is True and first.observation["data"]["result"] == 391
     assert first.tokens_in == 10 and first.tokens_out == 5 and first.cost_usd == pytest.approx(STEP_COST)
     assert first.latency_ms >= 0 and first.llm_latency_ms is not None and first.tool_latency_ms is not None
@@ -41,11 +41,11 @@ async def test_happy_path_calculator(make_runner, store):
     run = store.get_run("r1")
     assert run.status == C.SUCCEEDED and run.final_answer == "391" and run.finished_at is not None
     assert (run.steps, run.tokens_in, run.tokens_out) == (2, 20, 10)
-    assert run.tools["calculator"] == "1.0.0"  # the exact tool versions the run could use
+    assert run.tools["calculator"] == "1.1.0"  # the exact tool versions the run could use
     assert run.profile_snapshot["max_steps"] == profile.max_steps
     # The model saw the observation of step 1 as labelled, untrusted data.
     last = policy.calls[1]["messages"][-1]["content"]
-    assert '<tool_observation tool="calculator" version="1.0.0" trust="untrusted">' in last and "391" in last
+    assert '<tool_observation tool="calculator" version="1.1.0" trust="untrusted">' in last and "391" in last
 
 
 async def test_generate_image_tool_records_images(make_runner, store, image_client):

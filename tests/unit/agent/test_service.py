@@ -34,7 +34,7 @@ async def test_build_agent_service_runs_the_default_profile(tmp_path):
     service = build_agent_service(config, llm, image_client=FakeImageEngineClient())
     run = await service.submit(profile="default", input="Draw a fox", wait=True)
     assert run.status == C.SUCCEEDED and run.model == "smollm2-135m-instruct" and run.cost_usd == 0.0
-    assert run.tools == {"calculator": "1.0.0", "generate_image": "1.0.0", "get_artifact": "1.0.0",
+    assert run.tools == {"calculator": "1.1.0", "generate_image": "1.0.0", "get_artifact": "1.0.0",
                          "evaluate_image": "1.0.0"}
     assert llm.calls[0]["json_schema"] is not None and llm.calls[0]["max_tokens"] == 384
     with pytest.raises(RunNotActiveError):

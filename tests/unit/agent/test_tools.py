@@ -111,7 +111,7 @@ def test_schema_export_and_action_schema():
     specs = reg.export_schema()
     assert [s["name"] for s in specs] == ["calculator", "evaluate_image", "generate_image", "get_artifact"]
     calc = next(s for s in specs if s["name"] == "calculator")
-    assert calc["version"] == "1.0.0" and calc["parameters"]["required"] == ["expression"]
+    assert calc["version"] == "1.1.0" and calc["parameters"]["required"] == ["expression"]
     assert calc["parameters"]["additionalProperties"] is False
     schema = action_json_schema(specs)
     consts = [b["properties"]["action"]["const"] for b in schema["anyOf"]]
@@ -121,16 +121,20 @@ def test_schema_export_and_action_schema():
 @pytest.mark.parametrize("expr, value", [
     ("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("2 ** 10", 1024), ("7 // 2", 3), ("7 % 4", 3), ("-3 + +1", -2),
     ("sqrt(16) + abs(-2)", 6.0), ("round(pi, 2)", 3.14), ("max(1, 5, 3)", 5), ("1.5e3 / 3", 500.0),
+    ("3^7", 2187), ("2 ^ 10", 1024),  # "^" is a power, as on calculators
 ])
 def test_calculator_arithmetic(expr, value):
     assert safe_eval(expr) == value
 
 
 @pytest.mark.parametrize("expr, message", [
-    ("__import__('os').system('echo hi')", "unsupported"), ("().__class__", "unsupported"), ("x + 1", "unsupported"),
-    ("'a' * 3", "unsupported"), ("9 ** 9 ** 9", "power too large"), ("1 / 0", "division by zero"),
-    ("sqrt(-1)", "math error"), ("1 +", "not an arithmetic"), ("open('f')", "unsupported"),
-    ("[1, 2]", "unsupported"), ("lambda: 1", "unsupported"), ("(-8) ** 0.5", "complex"),
+    ("__import__('os').system('echo hi')", "unsupported syntax"), ("__import__('os')", "unknown name '__import__'"),
+    ("().__class__", "unsupported syntax"), ("x + 1", "unknown name 'x'; functions: abs"),
+    ("'a' * 3", "unsupported syntax"), ("9 ** 9 ** 9", "power too large"), ("10 ^ 5000", "power too large"),
+    ("1 / 0", "division by zero"), ("sqrt(-1)", "math error"), ("1 +", "not an arithmetic"),
+    ("open('f')", "unknown name 'open'"), ("[1, 2]", "unsupported syntax"), ("lambda: 1", "unsupported syntax"),
+    ("(-8) ** 0.5", "complex"), ("5 & 3", "unsupported operator in '5 & 3'; use"),
+    ("1234 + 5678 = 6916.67", "without '=' or a result"), ("1 == 1", "without '='"),
 ])
 def test_calculator_refuses_everything_else(expr, message):
     with pytest.raises(CalculatorError, match=message):

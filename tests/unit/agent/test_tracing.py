@@ -37,7 +37,7 @@ async def test_spans_follow_genai_conventions(registry, store):
     assert chat.parent.span_id == agent.context.span_id
     tools = by_op["execute_tool"]
     assert [t.attributes["gen_ai.tool.name"] for t in tools] == ["calculator", "raiser"]
-    assert tools[0].name == "execute_tool calculator" and tools[0].attributes["genserve.agent.tool.version"] == "1.0.0"
+    assert tools[0].name == "execute_tool calculator" and tools[0].attributes["genserve.agent.tool.version"] == "1.1.0"
     assert tools[0].attributes["gen_ai.tool.call.id"] == "tr:0"
     assert tools[1].status.status_code == StatusCode.ERROR and tools[1].attributes["error.type"] == "tool_error"
     assert all(t.parent.span_id == agent.context.span_id for t in tools)
