@@ -1,7 +1,8 @@
 """Agent evaluation: run a task suite against a running genserve and report the success rate.
 
-Each task (``load_tests/agent_tasks.yaml`` by default) is submitted as ``POST
-/v1/agent/runs?wait=true``; its run record and trajectory are then read back and scored by
+Each task (``load_tests/agent_tasks.yaml`` by default) is submitted as ``POST /v1/agent/runs``
+and polled until it ends (a run still going after ``--timeout-s`` is cancelled, so the load never
+exceeds ``--concurrency``); its run record and trajectory are then read back and scored by
 ``deployments/agent/evaluation.py``: a run passes only when it ends ``succeeded``, its final
 answer matches the task's expectation and the expected tools were called successfully.
 Tasks run ``--concurrency`` at a time (so the figures also show agent latency under that
@@ -32,6 +33,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from deployments.agent.constants import ACTIVE_STATUSES  # noqa: E402
 from deployments.agent.evaluation import (  # noqa: E402
     AgentTask,
     AgentTaskError,
@@ -46,19 +48,31 @@ DEFAULT_TASKS = ROOT / "load_tests" / "agent_tasks.yaml"
 DEFAULT_OUT = ROOT / "load_tests" / "results" / "eval_agent.json"
 
 
+POLL_S = 0.5
+
+
 def run_task(client: httpx.Client, task: AgentTask, timeout_s: float) -> TaskOutcome:
     started = time.monotonic()
     try:
-        r = client.post("/v1/agent/runs", params={"wait": "true"}, json={"profile": task.profile, "input": task.input},
-                        timeout=timeout_s)
+        r = client.post("/v1/agent/runs", json={"profile": task.profile, "input": task.input}, timeout=60)
         if r.status_code not in (200, 202):
             return failed_to_run(task, f"HTTP {r.status_code}: {r.text[:300]}", time.monotonic() - started)
         run = r.json()
+        while run["status"] in ACTIVE_STATUSES:
+            if time.monotonic() - started > timeout_s:
+                client.post(f"/v1/agent/runs/{run['id']}/cancel", timeout=60)
+                return failed_to_run(task, f"run {run['id']} still {run['status']} after {timeout_s:.0f} s; cancelled",
+                                     time.monotonic() - started)
+            time.sleep(POLL_S)
+            poll = client.get(f"/v1/agent/runs/{run['id']}", timeout=60)
+            poll.raise_for_status()
+            run = poll.json()
         latency = time.monotonic() - started
         traj = client.get(f"/v1/agent/runs/{run['id']}/trajectory", timeout=60)
         traj.raise_for_status()
-        return score(task, traj.json().get("run") or run, traj.json()["steps"], latency)
-    except httpx.HTTPError as exc:
+        body = traj.json()
+        return score(task, body.get("run") or run, body["steps"], latency)
+    except (httpx.HTTPError, ValueError, KeyError) as exc:  # ValueError: a body that is not JSON
         return failed_to_run(task, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
 
 
@@ -89,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"[red]unknown task id(s): {', '.join(sorted(unknown))}[/red]")
             return 2
         tasks = [t for t in tasks if t.id in wanted]
+        if not tasks:
+            console.print("[red]--only selects no task[/red]")
+            return 2
 
     with httpx.Client(base_url=args.host) as client:
         try:

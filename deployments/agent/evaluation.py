@@ -47,6 +47,8 @@ class AgentTask(BaseModel):
     expect_answer: str | None = Field(
         None, description="Regular expression the final answer must match (searched, case-insensitive).")
     expect_tools: tuple[str, ...] = Field((), description="Tools the run must have called successfully.")
+    expect_own_artifact: bool = Field(
+        False, description="The final answer must cite an artifact id that a tool returned in this run.")
 
     @field_validator("expect_answer")
     @classmethod
@@ -113,6 +115,20 @@ def _ok_tools(steps: list[dict[str, Any]]) -> list[str]:
     return used
 
 
+def _artifact_ids(steps: list[dict[str, Any]]) -> set[str]:
+    """Artifact ids in the run's successful tool observations (``data.artifact_id(s)``, ``images``)."""
+    found: set[str] = set()
+    for step in steps:
+        obs = step.get("observation")
+        if not isinstance(obs, dict) or not obs.get("ok"):
+            continue
+        data = obs.get("data") if isinstance(obs.get("data"), dict) else {}
+        ids = list(data.get("artifact_ids") or []) + [data.get("artifact_id")]
+        ids += [img.get("artifact_id") for img in obs.get("images") or [] if isinstance(img, dict)]
+        found.update(i for i in ids if isinstance(i, str) and i)
+    return found
+
+
 def score(task: AgentTask, run: dict[str, Any], steps: list[dict[str, Any]], latency_s: float = 0.0) -> TaskOutcome:
     """Judges one finished run.
 
@@ -123,8 +139,9 @@ def score(task: AgentTask, run: dict[str, Any], steps: list[dict[str, Any]], lat
         latency_s (`float`, *optional*): wall time the caller waited for the run.
 
     Returns:
-        TaskOutcome: ``passed`` when the run succeeded, its answer matches ``expect_answer``
-        and every tool in ``expect_tools`` was called successfully.
+        TaskOutcome: ``passed`` when the run succeeded, its answer matches ``expect_answer``,
+        every tool in ``expect_tools`` was called successfully and, with
+        ``expect_own_artifact``, the answer cites an artifact id a tool returned in this run.
     """
     status = str(run.get("status"))
     answer = run.get("final_answer")
@@ -140,6 +157,11 @@ def score(task: AgentTask, run: dict[str, Any], steps: list[dict[str, Any]], lat
     missing = [t for t in task.expect_tools if t not in used]
     if missing:
         reasons.append(f"expected tool(s) not used successfully: {', '.join(missing)}")
+    if task.expect_own_artifact:
+        produced = _artifact_ids(steps)
+        if not (isinstance(answer, str) and any(i in answer for i in produced)):
+            reasons.append("the answer cites no artifact id this run produced"
+                           + (f" (produced: {', '.join(sorted(produced))})" if produced else ""))
     return TaskOutcome(
         task_id=task.id, run_id=run.get("id"), status=status, passed=not reasons, reasons=reasons,
         final_answer=answer, tools_used=used, steps=int(run.get("steps") or len(steps)),

@@ -22,10 +22,13 @@ injected `ImageEngineClient` (see `deployments.agent.image_client` for the HTTP 
 from __future__ import annotations
 
 import ast
+import asyncio
 import inspect
+import io
 import math
 import operator
 import re
+import tokenize
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -323,7 +326,6 @@ def action_json_schema(tool_specs: list[dict[str, Any]], *, max_thought_chars: i
 _BIN_OPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
     ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-    ast.BitXor: operator.pow,  # "^" is a power on calculators; nobody means exclusive or here
 }
 _UNARY_OPS: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 _FUNCS: dict[str, Callable[..., Any]] = {
@@ -332,6 +334,8 @@ _FUNCS: dict[str, Callable[..., Any]] = {
 }
 _CONSTS = {"pi": math.pi, "e": math.e}
 _MAX_ABS = 1e300
+_MAX_INT = 10**300
+_MAX_DIGITS = 300  # decimal digits of any intermediate result; also bounds round()'s ndigits
 _MAX_POW_EXP = 1000
 _MAX_NODES = 200
 
@@ -340,20 +344,42 @@ class CalculatorError(ValueError):
     """The expression is not plain arithmetic, or its value is out of range."""
 
 
+def _caret_to_power(expression: str) -> str:
+    """Rewrites the ``^`` operator token as ``**``, so it parses with a power's precedence."""
+    if "^" not in expression:
+        return expression
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(expression).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return expression  # ast.parse reports the problem
+    return tokenize.untokenize(
+        (tok.type, "**" if tok.type == tokenize.OP and tok.string == "^" else tok.string) for tok in tokens)
+
+
+def _check_power(base: int | float, exponent: int | float) -> None:
+    # NOTE: bound powers before computing them: 9**9**9, or (999999**1000)**50, would hang the worker.
+    if abs(exponent) > _MAX_POW_EXP or (
+        abs(base) > 1 and exponent > 0 and exponent * math.log10(abs(base)) > _MAX_DIGITS
+    ):
+        raise CalculatorError(f"power too large (results are limited to {_MAX_DIGITS} digits)")
+
+
 def safe_eval(expression: str) -> int | float:
     """Evaluate arithmetic without `eval`: numbers, ``+ - * / // % **``, parentheses, a few math functions.
 
-    ``^`` is a power, as on calculators (``3^7`` is 2187), not Python's exclusive or.
+    ``^`` is a power, as on calculators (``3^7`` is 2187, ``1 + 2^2`` is 5, ``2^3^2`` is 512),
+    not Python's exclusive or. Every intermediate result is limited to 300 digits.
 
     Raises:
         CalculatorError: anything else (names, attributes, strings, huge powers, ...), with a
             message that says what to send instead.
     """
-    if "=" in expression:
-        raise CalculatorError("send only the expression to compute, without '=' or a result (e.g. '1234 + 5678')")
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = ast.parse(_caret_to_power(expression.strip()), mode="eval")
     except SyntaxError as exc:
+        if "=" in expression:
+            raise CalculatorError(
+                "send only the expression to compute, without '=' or a result (e.g. '1234 + 5678')") from None
         raise CalculatorError(f"not an arithmetic expression: {exc.msg}") from None
     if sum(1 for _ in ast.walk(tree)) > _MAX_NODES:
         raise CalculatorError(f"expression too long (more than {_MAX_NODES} syntax nodes)")
@@ -369,16 +395,21 @@ def safe_eval(expression: str) -> int | float:
             return _UNARY_OPS[type(node.op)](ev(node.operand))
         if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
             left, right = ev(node.left), ev(node.right)
-            # NOTE: bound powers before computing them: 9**9**9 would hang the worker.
-            if isinstance(node.op, (ast.Pow, ast.BitXor)) and (abs(right) > _MAX_POW_EXP or (abs(left) > 1e6 and abs(right) > 50)):
-                raise CalculatorError("power too large")
+            if isinstance(node.op, ast.Pow):
+                _check_power(left, right)
             result = _BIN_OPS[type(node.op)](left, right)
             if isinstance(result, complex):
                 raise CalculatorError("complex result (e.g. a fractional power of a negative number)")
+            if isinstance(result, int) and abs(result) > _MAX_INT:
+                raise CalculatorError(f"result too large (more than {_MAX_DIGITS} digits)")
             return result
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
-                and not node.keywords):
-            return _FUNCS[node.func.id](*[ev(a) for a in node.args])
+        if isinstance(node, ast.Call) and node.keywords:
+            raise CalculatorError("functions take positional arguments only, e.g. round(2.567, 2)")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS:
+            args = [ev(a) for a in node.args]
+            if node.func.id == "round" and len(args) > 1 and isinstance(args[1], int) and abs(args[1]) > _MAX_DIGITS:
+                raise CalculatorError(f"round's digits must be between -{_MAX_DIGITS} and {_MAX_DIGITS}")
+            return _FUNCS[node.func.id](*args)
         if isinstance(node, ast.BinOp):
             raise CalculatorError(f"unsupported operator in {ast.unparse(node)[:60]!r}; use + - * / // % ** or ^")
         if isinstance(node, ast.Name) or (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
@@ -423,7 +454,9 @@ class CalculatorTool(Tool):
 
     async def run(self, args: CalculatorArgs, ctx: ToolContext) -> Observation:  # type: ignore[override]
         try:
-            return Observation(data={"expression": args.expression, "result": safe_eval(args.expression)})
+            # NOTE: in a thread: evaluation is bounded, but must never stall the event loop of every run.
+            result = await asyncio.to_thread(safe_eval, args.expression)
+            return Observation(data={"expression": args.expression, "result": result})
         except CalculatorError as exc:
             return Observation.failure("tool_error", str(exc))
 

@@ -8,8 +8,11 @@ encode the same way. The syntax:
 * ``(text:1.5)`` sets the weight of ``text`` to 1.5 (absolute, not multiplied by an
   enclosing group), where the number follows the group's last colon; a suffix that is not a
   number (``(a:b)``) leaves the text as is and counts as plain ``(...)``;
-* ``\\(`` and ``\\)`` are literal brackets; an unmatched ``)`` is literal text, and an
-  unmatched ``(`` leaves the rest of the prompt as literal text at the current weight.
+* ``\\(`` and ``\\)`` are literal brackets. As in ComfyUI, an unmatched ``)`` makes the rest
+  of its level literal text, and an unmatched ``(`` leaves the rest of the prompt as literal
+  text at the current weight;
+* each segment is tokenised on its own: ``(red)(car)`` is two words, never ``redcar``;
+* a weight that is not a finite number (``(cat:nan)``) is an error, not NaN embeddings.
 
 Weights are applied to the encoder's output per token, relative to the empty prompt's
 output: ``z = (z - z_empty) * w + z_empty`` (see :func:`apply_token_weights`). Prompts
@@ -22,6 +25,8 @@ Usage::
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -45,18 +50,23 @@ def _unescape(text: str) -> str:
 
 
 def _split_groups(text: str) -> list[str]:
-    """Top-level pieces: plain runs and balanced ``(...)`` groups (kept with their brackets)."""
+    """Top-level pieces: plain runs and balanced ``(...)`` groups (kept with their brackets).
+
+    A ``)`` at the top level drives the depth below zero, so nothing after it opens a group
+    until the depth is back to exactly zero on a ``)`` (ComfyUI's behaviour with stray brackets).
+    """
     pieces: list[str] = []
     current = ""
     depth = 0
     for ch in text:
         if ch == "(":
-            if depth == 0 and current:
-                pieces.append(current)
+            if depth == 0:
+                if current:
+                    pieces.append(current)
                 current = ""
-            depth += 1
             current += ch
-        elif ch == ")" and depth > 0:
+            depth += 1
+        elif ch == ")":
             depth -= 1
             current += ch
             if depth == 0:
@@ -65,7 +75,7 @@ def _split_groups(text: str) -> list[str]:
         else:
             current += ch
     if current:
-        # NOTE: with depth > 0 this is an unclosed "(" run: kept as literal text.
+        # NOTE: an unclosed "(" run, or text after a stray ")": kept as literal text.
         pieces.append(current)
     return pieces
 
@@ -79,10 +89,13 @@ def _weights(text: str, weight: float) -> list[tuple[str, float]]:
             colon = inner.rfind(":")
             if colon > 0:
                 try:
-                    inner_weight = float(inner[colon + 1 :])
-                    inner = inner[:colon]
+                    explicit = float(inner[colon + 1 :])
                 except ValueError:
                     pass
+                else:
+                    if not math.isfinite(explicit):
+                        raise ValueError(f"prompt emphasis weight must be a finite number, got {inner[colon + 1:]!r}")
+                    inner_weight, inner = explicit, inner[:colon]
             out.extend(_weights(inner, inner_weight))
         else:
             out.append((piece, weight))
@@ -97,17 +110,13 @@ def parse_weighted(text: str) -> list[tuple[str, float]]:
 
     Returns:
         The segments in order with their weights; brackets and weight suffixes removed,
-        escaped brackets restored as literal ``(`` / ``)``. Adjacent segments of equal weight
-        are merged.
+        escaped brackets restored as literal ``(`` / ``)``. Segments are never merged: each
+        is tokenised on its own.
+
+    Raises:
+        ValueError: an explicit weight that is not a finite number.
     """
-    merged: list[tuple[str, float]] = []
-    for segment, weight in _weights(_escape(text), 1.0):
-        segment = _unescape(segment)
-        if merged and merged[-1][1] == weight:
-            merged[-1] = (merged[-1][0] + segment, weight)
-        else:
-            merged.append((segment, weight))
-    return merged
+    return [(_unescape(segment), weight) for segment, weight in _weights(_escape(text), 1.0)]
 
 
 def has_emphasis(weights: list[list[float]]) -> bool:

@@ -84,3 +84,13 @@ def test_bad_suites_get_clear_errors(tmp_path, text, message):
         load_tasks(path)
     with pytest.raises(AgentTaskError, match="not found"):
         load_tasks(tmp_path / "missing.yaml")
+
+
+def test_an_image_answer_must_cite_an_artifact_this_run_produced():
+    task = AgentTask(id="image", input="draw a fox", expect_tools=("generate_image",), expect_own_artifact=True)
+    gen = {"kind": "tool", "tool_call": {"name": "generate_image", "version": "1.0.0", "arguments": {}},
+           "observation": {"ok": True, "data": {"artifact_ids": ["art_0a1b"]}, "images": [{"artifact_id": "art_0a1b"}]}}
+    assert score(task, _run(answer="Here it is: art_0a1b"), [gen]).passed
+    made_up = score(task, _run(answer="Here it is: art_ffff"), [gen])
+    assert not made_up.passed and made_up.reasons == ["the answer cites no artifact id this run produced (produced: art_0a1b)"]
+    assert not score(task, _run(answer="art_0a1b"), []).passed  # no tool call produced it

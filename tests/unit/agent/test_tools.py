@@ -121,7 +121,9 @@ def test_schema_export_and_action_schema():
 @pytest.mark.parametrize("expr, value", [
     ("1 + 2 * 3", 7), ("(1 + 2) * 3", 9), ("2 ** 10", 1024), ("7 // 2", 3), ("7 % 4", 3), ("-3 + +1", -2),
     ("sqrt(16) + abs(-2)", 6.0), ("round(pi, 2)", 3.14), ("max(1, 5, 3)", 5), ("1.5e3 / 3", 500.0),
-    ("3^7", 2187), ("2 ^ 10", 1024),  # "^" is a power, as on calculators
+    # "^" is a power, as on calculators, with a power's precedence and right-associativity
+    ("3^7", 2187), ("2 ^ 10", 1024), ("1+2^2", 5), ("2^10 + 1", 1025), ("2^3*2", 16), ("-2^2", -4), ("2^3^2", 512),
+    ("round(2.567, 2)", 2.57), ("(10**300) // 10**299", 10),
 ])
 def test_calculator_arithmetic(expr, value):
     assert safe_eval(expr) == value
@@ -131,10 +133,13 @@ def test_calculator_arithmetic(expr, value):
     ("__import__('os').system('echo hi')", "unsupported syntax"), ("__import__('os')", "unknown name '__import__'"),
     ("().__class__", "unsupported syntax"), ("x + 1", "unknown name 'x'; functions: abs"),
     ("'a' * 3", "unsupported syntax"), ("9 ** 9 ** 9", "power too large"), ("10 ^ 5000", "power too large"),
+    ("((999999**1000)**50)**10 % 7", "power too large"), ("(((999999^1000)^50)^50)^50", "power too large"),
+    ("2 ** 996 * 2 ** 996", "result too large"), ("round(7, -10**7)", "round's digits"),
+    ("round(2.5, ndigits=1)", "positional arguments only"),
     ("1 / 0", "division by zero"), ("sqrt(-1)", "math error"), ("1 +", "not an arithmetic"),
     ("open('f')", "unknown name 'open'"), ("[1, 2]", "unsupported syntax"), ("lambda: 1", "unsupported syntax"),
     ("(-8) ** 0.5", "complex"), ("5 & 3", "unsupported operator in '5 & 3'; use"),
-    ("1234 + 5678 = 6916.67", "without '=' or a result"), ("1 == 1", "without '='"),
+    ("1234 + 5678 = 6916.67", "without '=' or a result"), ("x = 3", "without '='"), ("1 == 1", "unsupported syntax"),
 ])
 def test_calculator_refuses_everything_else(expr, message):
     with pytest.raises(CalculatorError, match=message):

@@ -122,3 +122,11 @@ def test_weight_one_and_escaped_brackets_encode_like_plain_text(model: ClipTextM
     [chunk] = tokenize_prompt(tokenizer, r"\(a cat\)")
     literal = tokenizer(["(a", "cat)"], add_special_tokens=False).input_ids
     assert chunk[: 1 + len(literal[0]) + len(literal[1])] == [BOS] + literal[0] + literal[1]
+
+
+def test_adjacent_groups_stay_separate_words(demo_loader) -> None:
+    tokenizer, _ = demo_loader.text_encoder(CLIP)
+    ids, weights = tokenize_weighted(tokenizer, "(red:1.2)(car:1.2)")
+    assert ids == tokenize_prompt(tokenizer, "red car") != tokenize_prompt(tokenizer, "redcar")
+    n = sum(len(t) for t in tokenizer(["red", "car"], add_special_tokens=False).input_ids)
+    assert weights[0][1 : 1 + n] == [1.2] * n

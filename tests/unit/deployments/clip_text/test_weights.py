@@ -23,8 +23,10 @@ from deployments.clip_text.weights import apply_token_weights, has_emphasis, par
         ("\\(not emphasised\\)", [("(not emphasised)", 1.0)]),
         ("(\\(kept\\):1.4)", [("(kept)", 1.4)]),
         ("a ) b", [("a ) b", 1.0)]),  # an unmatched ")" is text
-        ("a (b c", [("a (b c", 1.0)]),  # an unclosed "(" leaves the rest as text
-        ("(a)(b)", [("ab", 1.1)]),  # equal neighbours merge
+        ("a) (b:1.5) c", [("a) (b:1.5) c", 1.0)]),  # ... and so is the rest of its level (ComfyUI)
+        ("(x) a) (b:1.5)", [("x", 1.1), (" a) (b:1.5)", 1.0)]),
+        ("a (b c", [("a ", 1.0), ("(b c", 1.0)]),  # an unclosed "(" leaves the rest as text
+        ("(red)(car)", [("red", 1.1), ("car", 1.1)]),  # neighbours stay separate words
         ("", []),
     ],
 )
@@ -48,3 +50,9 @@ def test_apply_token_weights_scales_away_from_the_empty_prompt_only_where_weight
     np.testing.assert_allclose(out[1, 3], (hidden[1, 3] - empty[3]) * 1.5 + empty[3], rtol=1e-6)
     mask = weights == 1.0
     np.testing.assert_array_equal(out[mask], hidden[mask])
+
+
+@pytest.mark.parametrize("prompt", ["(cat:nan)", "(cat:inf)", "a (b:-inf) c"])
+def test_non_finite_weights_are_refused(prompt):
+    with pytest.raises(ValueError, match="finite number"):
+        parse_weighted(prompt)
