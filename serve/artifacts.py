@@ -47,19 +47,42 @@ _M_ARTIFACTS = obs.counter("genserve_artifacts_total", "Output images written (w
 
 
 class ModelHasher:
-    """sha256 of model files (a diffusers folder hashes its weight files in order), memoised by mtime/size."""
+    """sha256 of model files (a diffusers folder hashes its files in order), memoised by size and mtime.
 
-    def __init__(self) -> None:
-        self._memo: dict[tuple[str, int, float], str] = {}
+    With a ``records`` store the digests are also kept in the shared database (``model_hashes``),
+    so a multi-GB checkpoint is read once per cluster, not once per replica and restart: a
+    digest is reused while the file's path, total size and latest modification time match.
+
+    Args:
+        records (`RecordStore`, *optional*): shared store for the digests.
+    """
+
+    def __init__(self, records: RecordStore | None = None) -> None:
+        self.records = records
+        self.computed = 0  # digests computed by reading files (not found in memory or the store)
+        self._memo: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
     def __call__(self, path: Path) -> str:
-        path = Path(path)
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        stat_key = (str(path), sum(p.stat().st_size for p in files), max(p.stat().st_mtime for p in files))
+        path = Path(path).resolve()
+        entries = sorted(path.rglob("*")) if path.is_dir() else []
+        files = [p for p in entries if p.is_file()] if path.is_dir() else [path]
+        if not files:
+            raise ValueError(f"{path} holds no files to hash")
+        # NOTE: folders' own mtimes count too, so renaming a file inside a diffusers folder is a change.
+        stats = [p.stat() for p in files]
+        mtimes = [st.st_mtime_ns for st in stats] + [p.stat().st_mtime_ns for p in [path, *entries] if p.is_dir()]
+        stat_key = (str(path), sum(st.st_size for st in stats), max(mtimes))
         with self._lock:
             if stat_key in self._memo:
                 return self._memo[stat_key]
+        if self.records is not None:
+            known = self.records.get_model_hash(path=stat_key[0], size_bytes=stat_key[1], mtime_ns=stat_key[2])
+            if known is not None:
+                with self._lock:
+                    self._memo[stat_key] = known
+                return known
+        started = time.perf_counter()
         h = hashlib.sha256()
         for p in files:
             if path.is_dir():
@@ -70,6 +93,11 @@ class ModelHasher:
         digest = h.hexdigest()
         with self._lock:
             self._memo[stat_key] = digest
+            self.computed += 1
+        logger.info("hashed model %s (%.1f MB) in %.2f s for provenance", path, stat_key[1] / 1e6,
+                    time.perf_counter() - started)
+        if self.records is not None:
+            self.records.put_model_hash(path=stat_key[0], size_bytes=stat_key[1], mtime_ns=stat_key[2], sha256=digest)
         return digest
 
 
@@ -108,7 +136,7 @@ class ArtifactService:
         self.inputs = inputs
         self.provenance = provenance
         self.models_dir = models_dir
-        self.hasher = ModelHasher()
+        self.hasher = ModelHasher(records)
 
     # -- what made an image -----------------------------------------------------------------
     def _models(self, upstream: list[Any]) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, UniqueConstraint, func, select
+from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -62,6 +62,18 @@ class WorkflowVersionRow(_Base):
     description: Mapped[str] = mapped_column(String(2000), default="")
     created_at: Mapped[float] = mapped_column(Float)
     created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class ModelHashRow(_Base):
+    """sha256 of a model file or folder, valid while its size and modification time are unchanged."""
+
+    __tablename__ = "model_hashes"
+
+    path: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    computed_at: Mapped[float] = mapped_column(Float)
 
 
 @dataclass
@@ -128,6 +140,21 @@ class RecordStore:
         self.engine = make_engine(url)
         _Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- model hashes ---------------------------------------------------------------------
+    def get_model_hash(self, *, path: str, size_bytes: int, mtime_ns: int) -> str | None:
+        """The recorded sha256 of ``path`` if it was hashed at this size and modification time."""
+        with self._session() as s:
+            row = s.get(ModelHashRow, path)
+            if row is None or row.size_bytes != size_bytes or row.mtime_ns != mtime_ns:
+                return None
+            return row.sha256
+
+    def put_model_hash(self, *, path: str, size_bytes: int, mtime_ns: int, sha256: str) -> None:
+        """Records (or replaces) the sha256 of ``path`` at this size and modification time."""
+        with self._session() as s, s.begin():
+            s.merge(ModelHashRow(path=path, size_bytes=size_bytes, mtime_ns=mtime_ns, sha256=sha256,
+                                 computed_at=time.time()))
 
     # -- artifacts ------------------------------------------------------------------------
     def add_artifact(self, *, artifact_id: str, blob_key: str, kind: str, filename: str, subfolder: str = "",
