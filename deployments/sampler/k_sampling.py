@@ -45,6 +45,7 @@ names, the schedulers' exact spacing, the ``denoise`` rule, the sigmas dropped f
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 
@@ -504,6 +505,51 @@ def sampler_generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
+def _seed_of(generator: torch.Generator | None) -> int:
+    if generator is None:
+        raise ValueError("this sampler draws noise: pass the request's torch.Generator (never the global RNG)")
+    return int(generator.initial_seed())
+
+
+class BrownianTreeNoise:
+    """SDE noise from a Brownian tree seeded with the request's seed (ComfyUI's construction for ``dpmpp_2m_sde``).
+
+    One torchsde Brownian tree of the latent's shape spans ``[sigma_min, sigma_max]`` (the
+    smallest positive and the largest sigma of the schedule) on the CPU in float32, with the
+    seed as its entropy. The noise between ``sigma`` and ``sigma_next`` is the tree's
+    increment over that interval scaled to unit variance, so increments over adjacent
+    intervals add up to the increment over their union: the noise path does not depend on
+    how the interval is cut into steps. Each request has its own tree, so results do not
+    depend on batch composition.
+
+    Args:
+        x (`torch.Tensor`): the latent (its shape, device and dtype).
+        sigmas (`torch.Tensor`): the schedule (only its positive range is used).
+        seed (`int`): the request's seed.
+    """
+
+    def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, seed: int):
+        import torchsde  # NOTE: lazily; only SDE samplers need it
+
+        # NOTE: torchsde rounds the tree's ends to its tolerance (1e-6), so querying exactly at
+        # sigma_min/sigma_max warns "Should have tb<=t1" and clamps: expected here, not a problem.
+        warnings.filterwarnings("ignore", message=r"Should have t[ab]", category=UserWarning,
+                                module=r"torchsde\._brownian")
+        positive = sigmas.detach().float().cpu()
+        positive = positive[positive > 0]
+        self.t_min, self.t_max = positive.min(), positive.max()
+        self.shape, self.device, self.dtype = tuple(x.shape), x.device, x.dtype
+        self.tree = torchsde.BrownianTree(self.t_min, torch.zeros(self.shape, dtype=torch.float32), self.t_max,
+                                          entropy=int(seed))
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        a, b = sigma.detach().float().cpu(), sigma_next.detach().float().cpu()
+        # The tree is queried low -> high; going down in sigma flips the increment's sign.
+        low, high, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
+        w = self.tree(low, high) * sign
+        return (w / (high - low).sqrt()).to(device=self.device, dtype=self.dtype)
+
+
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     if generator is None:
         raise ValueError("this sampler draws noise: pass the request's torch.Generator (never the global RNG)")
@@ -647,11 +693,12 @@ def dpmpp_2m_sde(
     ``eta * h`` of extra noise injection, plus the 2M correction
     ``0.5 * (1 - e^{-h - eta h}) / r * (x0_i - x0_{i-1})``.
 
-    NOTE: ComfyUI draws this sampler's noise from a Brownian tree (torchsde) seeded with the
-    request's seed. We draw one standard Gaussian per step from the request's generator
-    instead: the same distribution, but not ComfyUI's exact sample for a given seed.
+    The injected noise comes from a :class:`BrownianTreeNoise` seeded with the request's seed
+    (the seed of ``generator``), as ComfyUI draws it.
     """
     s = _sigma_list(sigmas)
+    seed = _seed_of(generator) if eta and len(s) > 2 else 0
+    noise: BrownianTreeNoise | None = None
     old_denoised: torch.Tensor | None = None
     h_last: float | None = None
     for i in range(len(s) - 1):
@@ -666,8 +713,10 @@ def dpmpp_2m_sde(
             if old_denoised is not None and h_last is not None:
                 r = h_last / h
                 x = x + 0.5 * (-math.expm1(-h - eta_h)) * (1 / r) * (denoised - old_denoised)
-            if eta:
-                x = x + _randn_like(x, generator) * (s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
+            if eta and eta_h > 0:
+                if noise is None:
+                    noise = BrownianTreeNoise(x, sigmas, seed)
+                x = x + noise(sigmas[i], sigmas[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
         old_denoised = denoised
         h_last = h
     return x

@@ -331,3 +331,45 @@ def test_lms_coefficients_integrate_polynomials_exactly():
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__]))
+
+
+# --------------------------------------------------------------------------- Brownian-tree noise
+
+
+def test_brownian_noise_is_unit_gaussian_and_additive_across_steps():
+    sigmas = ks.calculate_sigmas(MS, "karras", 10)
+    x = torch.zeros(2, 4, 32, 32)
+    noise = ks.BrownianTreeNoise(x, sigmas, seed=7)
+    a, b, c = sigmas[2], sigmas[3], sigmas[4]
+    n_ab, n_bc, n_ac = noise(a, b), noise(b, c), noise(a, c)
+    assert n_ab.shape == x.shape and n_ab.dtype == x.dtype
+    assert abs(n_ab.mean().item()) < 0.05 and abs(n_ab.std().item() - 1) < 0.05
+    # A Brownian path: the increment over [c, a] is the sum of those over [c, b] and [b, a],
+    # so the noise does not depend on how the schedule cuts the interval into steps.
+    w = lambda n, s, t: n * (s - t).sqrt()  # noqa: E731 - undo the unit-variance scaling
+    torch.testing.assert_close(w(n_ac, a, c), w(n_ab, a, b) + w(n_bc, b, c), atol=1e-4, rtol=1e-4)
+    assert torch.equal(ks.BrownianTreeNoise(x, sigmas, seed=7)(a, b), n_ab)  # the seed fixes the path
+    assert not torch.allclose(ks.BrownianTreeNoise(x, sigmas, seed=8)(a, b), n_ab)
+
+
+def test_dpmpp_2m_sde_draws_its_noise_from_the_seeded_brownian_tree():
+    sigmas = ks.calculate_sigmas(MS, "karras", 12)
+    x = start_point(sigmas, shape=(1, 4, 16, 16))
+    out = run("dpmpp_2m_sde", x, sigmas, seed=3)
+    # Replaying the update with the tree's noise gives the same result; per-step Gaussian draws would not.
+    noise = ks.BrownianTreeNoise(x, sigmas, seed=3)
+    s = [float(v) for v in sigmas]
+    y, old, h_last = x.clone(), None, None
+    for i in range(len(s) - 1):
+        d = gaussian_denoiser(y, s[i])
+        if s[i + 1] == 0:
+            y = d
+            break
+        h = math.log(s[i]) - math.log(s[i + 1])
+        y = (s[i + 1] / s[i]) * math.exp(-h) * y + (-math.expm1(-2 * h)) * d
+        if old is not None:
+            r = h_last / h
+            y = y + 0.5 * (-math.expm1(-2 * h)) / r * (d - old)
+        y = y + noise(sigmas[i], sigmas[i + 1]) * (s[i + 1] * math.sqrt(-math.expm1(-2 * h)))
+        old, h_last = d, h
+    torch.testing.assert_close(out, y, atol=1e-5, rtol=1e-5)
