@@ -27,6 +27,14 @@ def _retryable(exc: BaseException) -> bool:
     return bool(names & set(_RETRYABLE))
 
 
+def _remote_cause(exc: BaseException) -> BaseException | None:
+    """The stage's own exception inside Ray's ``RayTaskError`` wrapper (whose text is a remote traceback)."""
+    cause = getattr(exc, "cause", None)
+    if type(exc).__name__.startswith("RayTaskError") and isinstance(cause, Exception):
+        return cause
+    return None
+
+
 async def _call_with_retry(make_call, what: str, attempts: int = 2) -> Any:
     for attempt in range(attempts):
         try:
@@ -36,6 +44,11 @@ async def _call_with_retry(make_call, what: str, attempts: int = 2) -> Any:
                 logger.warning("%s failed on a lost replica (%s); retrying once", what, type(exc).__name__)
                 await asyncio.sleep(0.5)
                 continue
+            cause = _remote_cause(exc)
+            if cause is not None:
+                # NOTE: users see the stage's error ("ValueError: ..."), not Ray's wrapper; the
+                # remote traceback stays in the chain for the logs.
+                raise cause from exc
             raise
 
 

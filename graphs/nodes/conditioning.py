@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from graphs.prompt_weights import parse_weighted
 from graphs.spec import Float, Link, Node, NodeSpec, OutputSpec, String
 from graphs.types import ClipRef, Conditioning, ControlHint, ControlNetRef
 
@@ -18,6 +19,15 @@ class CLIPTextEncode(Node):
         required={"text": String(multiline=True), "clip": Link("CLIP")},
         outputs=(OutputSpec("CONDITIONING"),),
     )
+
+    def validate(self, ctx: Any, inputs: dict[str, Any]) -> str | None:
+        text = inputs.get("text")
+        if isinstance(text, str):
+            try:
+                parse_weighted(text)  # the emphasis syntax; a bad weight fails here, before anything runs
+            except ValueError as exc:
+                return str(exc)
+        return None
 
     async def run(self, ctx: Any, text: str, clip: ClipRef) -> tuple:
         entry = await ctx.backends.text_encoder.encode(clip, text)

@@ -179,6 +179,15 @@ def test_custom_validation_failed():
     assert only_error(validate(wf), "12").type == "custom_validation_failed"
 
 
+def test_non_finite_prompt_emphasis_weight_is_refused_before_running():
+    wf = txt2img()
+    wf["6"]["inputs"]["text"] = "a (cat:nan) on a mat"
+    err = only_error(validate(wf), "6")
+    assert err.type == "custom_validation_failed" and "finite number" in err.details
+    wf["6"]["inputs"]["text"] = "a (cat:1.3) on a ((mat))"
+    assert validate(wf).ok
+
+
 def test_path_traversal_in_filename_prefix_is_refused():
     wf = txt2img()
     wf["9"]["inputs"]["filename_prefix"] = "../../etc/evil"
