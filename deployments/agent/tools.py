@@ -506,7 +506,14 @@ class GenerateImageArgs(BaseModel):
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8, description="Image height in pixels.")
 
 
-class GenerateImageTool(Tool):
+class _ImageEngineTool(Tool):
+    """A tool that reaches the image service through an :class:`ImageEngineClient`."""
+
+    def __init__(self, client: ImageEngineClient):
+        self.client = client
+
+
+class GenerateImageTool(_ImageEngineTool):
     """Run a named, versioned image workflow with the agent's prompt and parameters; returns artifact ids."""
 
     name = "generate_image"
@@ -514,9 +521,6 @@ class GenerateImageTool(Tool):
     description = ("Generate an image by running a named image workflow (default 'txt2img') with a prompt and "
                    "optional seed, steps, guidance scale and size. Returns the artifact ids of the images.")
     args_model = GenerateImageArgs
-
-    def __init__(self, client: ImageEngineClient):
-        self.client = client
 
     async def run(self, args: GenerateImageArgs, ctx: ToolContext) -> Observation:  # type: ignore[override]
         params = args.model_dump(exclude={"workflow", "workflow_version"}, exclude_none=True)
@@ -533,16 +537,13 @@ class ArtifactArgs(BaseModel):
     artifact_id: str = Field(..., pattern=_ARTIFACT_ID, max_length=200, description="An artifact id returned by generate_image.")
 
 
-class GetArtifactTool(Tool):
+class GetArtifactTool(_ImageEngineTool):
     """Metadata and provenance of an artifact."""
 
     name = "get_artifact"
     version = "1.0.0"
     description = "Look up an image artifact by id: its metadata (size, type) and provenance (workflow, seed, prompt)."
     args_model = ArtifactArgs
-
-    def __init__(self, client: ImageEngineClient):
-        self.client = client
 
     async def run(self, args: ArtifactArgs, ctx: ToolContext) -> Observation:  # type: ignore[override]
         meta = await _maybe_await(self.client.get_artifact(args.artifact_id))
@@ -552,7 +553,7 @@ class GetArtifactTool(Tool):
         return Observation(data=meta, images=[ImageObservation(artifact_id=args.artifact_id, url=url)] if url else [])
 
 
-class EvaluateImageTool(Tool):
+class EvaluateImageTool(_ImageEngineTool):
     """Objective metrics of an artifact (size, brightness, contrast, sharpness, colorfulness, ...)."""
 
     name = "evaluate_image"
@@ -560,9 +561,6 @@ class EvaluateImageTool(Tool):
     description = ("Measure an image artifact objectively: width, height, brightness, contrast, sharpness, "
                    "colorfulness and entropy. Use it to compare images.")
     args_model = ArtifactArgs
-
-    def __init__(self, client: ImageEngineClient):
-        self.client = client
 
     async def run(self, args: ArtifactArgs, ctx: ToolContext) -> Observation:  # type: ignore[override]
         metrics = await _maybe_await(self.client.evaluate(args.artifact_id))
