@@ -505,11 +505,6 @@ def sampler_generator(seed: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(seed))
 
 
-# NOTE: torchsde rounds a tree's ends to its tolerance (1e-6), so querying exactly at
-# sigma_min/sigma_max warns "Should have tb<=t1" and clamps: expected here, not a problem.
-warnings.filterwarnings("ignore", message=r"Should have t[ab]", category=UserWarning, module=r"torchsde\._brownian")
-
-
 def _seed_of(generator: torch.Generator | None) -> int:
     if generator is None:
         raise ValueError("this sampler draws noise: pass the request's torch.Generator (never the global RNG)")
@@ -536,6 +531,12 @@ class BrownianTreeNoise:
     def __init__(self, x: torch.Tensor, sigmas: torch.Tensor, seed: int):
         import torchsde  # NOTE: lazily; only SDE samplers need it
 
+        # NOTE: torchsde rounds the tree's ends to its tolerance (1e-6), so querying exactly at
+        # sigma_min/sigma_max warns "Should have tb<=t1" and clamps: expected here, not a problem.
+        # Set per tree, not once at import: callers (and pytest) may reset the warning filters;
+        # filterwarnings replaces an identical entry, so the list does not grow.
+        warnings.filterwarnings("ignore", message=r"Should have t[ab]", category=UserWarning,
+                                module=r"torchsde\._brownian")
         positive = sigmas.detach().float().cpu()
         positive = positive[positive > 0]
         self.t_min, self.t_max = positive.min(), positive.max()
